@@ -1,0 +1,26 @@
+from rest_framework import serializers
+from rest_framework.response import Response
+
+from agentpost.api import OrgAPIView
+from agentpost.orgs.models import Organization
+
+
+class OrganizationOut(serializers.ModelSerializer):
+    class Meta:
+        model = Organization
+        fields = [
+            "id",
+            "name",
+            "plan",
+            "billing_state",
+            "grace_deadline",
+            "current_period_start",
+            "current_period_end",
+            "created_at",
+        ]
+
+
+class OrganizationView(OrgAPIView):
+    def get(self, request, org_id: str):
+        self.check_org_id(org_id)
+        return Response(OrganizationOut(self.org).data)

@@ -1,0 +1,27 @@
+from django.contrib import admin
+from django.urls import path
+from drf_spectacular.views import SpectacularJSONAPIView, SpectacularRedocView
+
+from agentpost.mail import api as mail_api
+from agentpost.orgs import api as orgs_api
+from usage import api as usage_api
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("openapi.json", SpectacularJSONAPIView.as_view(), name="openapi"),
+    path("docs", SpectacularRedocView.as_view(url_name="openapi"), name="docs"),
+    # Mail
+    path("inboxes", mail_api.InboxListView.as_view()),
+    path("inboxes/<str:inbox_id>/messages", mail_api.InboxMessagesView.as_view()),
+    path("messages/<str:message_id>", mail_api.MessageView.as_view()),
+    path(
+        "messages/<str:message_id>/attachments/<str:attachment_id>",
+        mail_api.AttachmentFileView.as_view(),
+    ),
+    # Organizations
+    path("organizations/<str:org_id>", orgs_api.OrganizationView.as_view()),
+    path("organizations/<str:org_id>/usage", usage_api.UsageView.as_view()),
+]
+
+handler404 = "agentpost.views.not_found"
+handler500 = "agentpost.views.server_error"

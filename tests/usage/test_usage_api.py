@@ -1,0 +1,26 @@
+import base64
+
+
+def test_usage_counts_what_the_org_did(api, org, inbox):
+    content = b"0123456789" * 100
+    api.post(
+        f"/inboxes/{inbox.id}/messages",
+        {
+            "to": ["a@example.com"],
+            "text": "hi",
+            "attachments": [
+                {"filename": "a.bin", "content": base64.b64encode(content).decode()}
+            ],
+        },
+    )
+    usage = api.get(f"/organizations/{org.id}/usage").json()
+    assert usage["messages_sent"] == {"current": 1, "limit": None, "percentage": None}
+    assert usage["storage_bytes"]["current"] == 1000
+    assert usage["messages_received"]["current"] == 0
+    # The send and this read are both API calls.
+    assert usage["api_calls"]["current"] == 2
+    assert usage["period"]["start"].startswith("20")
+
+
+def test_another_orgs_usage_is_404(api, other):
+    assert api.get(f"/organizations/{other.org.id}/usage").status_code == 404

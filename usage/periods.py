@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from agentpost.orgs.models import Organization
+
+# storage_bytes is a level kept in one row that never resets.
+LEVEL_PERIOD_START = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class Period:
+    start: datetime
+    end: datetime
+
+
+def month_period(now: datetime) -> Period:
+    """Return the calendar month in UTC that contains ``now``."""
+    now = now.astimezone(UTC)
+    start = datetime(now.year, now.month, 1, tzinfo=UTC)
+    end = (
+        datetime(now.year + 1, 1, 1, tzinfo=UTC)
+        if now.month == 12
+        else datetime(now.year, now.month + 1, 1, tzinfo=UTC)
+    )
+    return Period(start, end)
+
+
+def current_period(org: Organization, now: datetime) -> Period:
+    """Return the org's usage period at ``now``.
+
+    A paid org counts within its subscription's billing period; a free org (or a
+    paid one whose period has lapsed without news from Stripe) by calendar month.
+    """
+    start, end = org.current_period_start, org.current_period_end
+    if start and end and start <= now < end:
+        return Period(start, end)
+    return month_period(now)
