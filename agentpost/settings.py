@@ -11,7 +11,7 @@ import secrets
 from pathlib import Path
 
 import environ
-from celery.schedules import crontab  # noqa: F401  (used by CELERY_BEAT_SCHEDULE)
+from celery.schedules import crontab
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 env = environ.Env()
@@ -177,10 +177,16 @@ STRIPE_WEBHOOK_SECRET = env.str("STRIPE_WEBHOOK_SECRET", default="")
 STRIPE_API_BASE = env.str("STRIPE_API_BASE", default="")
 STRIPE_API_VERSION = env.str("STRIPE_API_VERSION", default="2025-08-27.basil")
 STRIPE_LIVE_MODE = env.bool("STRIPE_LIVE_MODE", default=False)
+# Dunning: days between the first failed payment and suspension, and how many
+# days before suspension the owners are reminded.
+BILLING_GRACE_PERIOD_DAYS = env.int("BILLING_GRACE_PERIOD_DAYS", default=7)
+BILLING_REMINDER_DAYS_BEFORE = env.int("BILLING_REMINDER_DAYS_BEFORE", default=2)
 DJSTRIPE_SUBSCRIBER_MODEL = "orgs.Organization"
 DJSTRIPE_FOREIGN_KEY_TO_FIELD = "id"
 DJSTRIPE_USE_NATIVE_JSONFIELD = True
 DJSTRIPE_WEBHOOK_VALIDATION = "verify_signature"
+# Customers carry metadata org_id, so dj-stripe links them to their org.
+DJSTRIPE_SUBSCRIBER_CUSTOMER_KEY = "org_id"
 
 # Outgoing webhooks may target loopback only when this is on (local development).
 WEBHOOKS_ALLOW_PRIVATE_TARGETS = env.bool(
@@ -206,7 +212,12 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_TIMEZONE = "UTC"
 # Each app's periodic work; django-celery-beat copies these into its tables.
-CELERY_BEAT_SCHEDULE: dict = {}
+CELERY_BEAT_SCHEDULE = {
+    "billing-dunning": {
+        "task": "billing.tasks.run_dunning",
+        "schedule": crontab(minute=5),
+    },
+}
 
 # REST framework.
 REST_FRAMEWORK = {
@@ -240,6 +251,7 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
+        "stripe": {"level": "WARNING"},
         # Stable names operators can route to files of their own.
         "agentpost.billing": {"level": LOG_LEVEL},
         "agentpost.retention": {"level": LOG_LEVEL},

@@ -1,5 +1,5 @@
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
 from drf_spectacular.views import SpectacularJSONAPIView, SpectacularRedocView
 
 from agentpost.mail import api as mail_api
@@ -18,6 +18,8 @@ urlpatterns = [
         "messages/<str:message_id>/attachments/<str:attachment_id>",
         mail_api.AttachmentFileView.as_view(),
     ),
+    # Billing (404 unless BILLING_ENABLED)
+    path("billing/", include("billing.urls")),
     # Organizations
     path("organizations/<str:org_id>", orgs_api.OrganizationView.as_view()),
     path("organizations/<str:org_id>/usage", usage_api.UsageView.as_view()),

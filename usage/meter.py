@@ -67,3 +67,8 @@ class DatabaseMeter:
             period_start=period_start_for(org, counter, now),
             amount=-amount,
         )
+
+    def release_held(self, *, org_id: str, now: datetime) -> int:
+        from agentpost.mail.inbound import release_held_messages
+
+        return release_held_messages(org_id=org_id, now=now)

@@ -124,6 +124,15 @@ def find_inbox(recipients: list[str]) -> Inbox | None:
     return None
 
 
+def _received_data(message: Message) -> dict:
+    return {
+        "message_id": message.id,
+        "inbox_id": message.inbox_id,
+        "from": message.from_address,
+        "subject": message.subject,
+    }
+
+
 def store_inbound_mail(*, inbox: Inbox, raw: bytes, now: datetime) -> Message:
     """Store one inbound message with its raw MIME and attachments.
 
@@ -137,7 +146,10 @@ def store_inbound_mail(*, inbox: Inbox, raw: bytes, now: datetime) -> Message:
             org_id=org_id,
             inbox=inbox,
             direction=Message.Direction.INBOUND,
-            status=Message.Status.RECEIVED,
+            # A suspended org's mail is stored but held until it is reinstated.
+            status=Message.Status.HELD
+            if inbox.org.is_suspended
+            else Message.Status.RECEIVED,
             from_address=parsed.from_address[:998],
             to=parsed.to,
             cc=parsed.cc,
@@ -166,17 +178,10 @@ def store_inbound_mail(*, inbox: Inbox, raw: bytes, now: datetime) -> Message:
                 now=now,
                 enforce=False,
             )
-        emit_event(
-            org=org_id,
-            type=MESSAGE_RECEIVED,
-            data={
-                "message_id": message.id,
-                "inbox_id": inbox.id,
-                "from": message.from_address,
-                "subject": message.subject,
-            },
-            now=now,
-        )
+        if message.status == Message.Status.RECEIVED:
+            emit_event(
+                org=org_id, type=MESSAGE_RECEIVED, data=_received_data(message), now=now
+            )
     logger.info(
         "inbound stored org=%s message=%s attachments=%d bytes=%d",
         org_id,
@@ -185,3 +190,29 @@ def store_inbound_mail(*, inbox: Inbox, raw: bytes, now: datetime) -> Message:
         len(raw),
     )
     return message
+
+
+def release_held_messages(
+    *, org_id: str, now: datetime, limit: int | None = None
+) -> int:
+    """Show held inbound messages again (oldest first) and announce them."""
+    held = Message.objects.filter(
+        org_id=org_id, direction=Message.Direction.INBOUND, status=Message.Status.HELD
+    ).order_by("pk")
+    released = 0
+    for message in held[:limit] if limit is not None else held.iterator():
+        with transaction.atomic():
+            claimed = Message.objects.filter(
+                pk=message.pk, status=Message.Status.HELD
+            ).update(status=Message.Status.RECEIVED)
+            if claimed:
+                emit_event(
+                    org=org_id,
+                    type=MESSAGE_RECEIVED,
+                    data=_received_data(message),
+                    now=now,
+                )
+                released += 1
+    if released:
+        logger.info("held messages released org=%s count=%d", org_id, released)
+    return released
