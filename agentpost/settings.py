@@ -236,6 +236,9 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {
+        "WebhookEventTypeEnum": "agentpost.events.services.EVENT_TYPES",
+    },
 }
 
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")

@@ -117,7 +117,7 @@ class WebhookEventPayload(serializers.Serializer):
     )
     type = serializers.ChoiceField(
         choices=list(services.EVENT_TYPES),
-        help_text=" ".join(f"{k}: {v}" for k, v in services.EVENT_TYPES.items()),
+        help_text="\n".join(f"- `{k}`: {v}" for k, v in services.EVENT_TYPES.items()),
     )
     created_at = serializers.DateTimeField(help_text="When it happened.")
     org_id = serializers.CharField()

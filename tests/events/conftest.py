@@ -8,6 +8,7 @@ it: a status, a delay, a redirect, a large body.
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -123,3 +124,45 @@ def wait_for(predicate, timeout: float = 5.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         time.sleep(0.01)
+
+
+class FakeDNS:
+    """Stands in for DNS: names resolve only to what a test put here."""
+
+    def __init__(self) -> None:
+        self.names: dict[str, list[str]] = {}
+        self.lookups: list[str] = []
+
+    def getaddrinfo(self, host: str, port: int) -> list:
+        self.lookups.append(host)
+        if host not in self.names:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return [
+            (
+                socket.AF_INET6 if ":" in a else socket.AF_INET,
+                socket.SOCK_STREAM,
+                6,
+                "",
+                (a, port, 0, 0) if ":" in a else (a, port),
+            )
+            for a in self.names[host]
+        ]
+
+
+@pytest.fixture(autouse=True)
+def dns(monkeypatch):
+    """No test here uses real DNS, and none may connect beyond loopback."""
+    from agentpost.events import targets
+
+    fake = FakeDNS()
+    monkeypatch.setattr(targets, "_getaddrinfo", fake.getaddrinfo)
+
+    real_pool = targets._pool
+
+    def loopback_only_pool(target, address):
+        if not address.is_loopback:
+            raise AssertionError(f"a test tried to connect to {address}")
+        return real_pool(target, address)
+
+    monkeypatch.setattr(targets, "_pool", loopback_only_pool)
+    return fake
