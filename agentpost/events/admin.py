@@ -33,10 +33,13 @@ class WebhookEndpointAdmin(admin.ModelAdmin):
         "created_at",
         "updated_at",
     ]
+    # Staff may turn an endpoint off or on and edit its description; the URL and
+    # types are the org's to change through the API, which checks them.
     readonly_fields = [
         "id",
         "org",
         "url",
+        "event_types",
         "disabled_reason",
         "disabled_at",
         "failing_since",
@@ -44,6 +47,16 @@ class WebhookEndpointAdmin(admin.ModelAdmin):
         "created_at",
         "updated_at",
     ]
+
+    def save_model(self, request, obj, form, change) -> None:
+        # Through the service, so enabling resets the failure run and both
+        # changes are audited.
+        services.update_endpoint(
+            endpoint=WebhookEndpoint.objects.get(pk=obj.pk),
+            changes={f: form.cleaned_data[f] for f in form.changed_data},
+            now=timezone.now(),
+            actor=request.user,
+        )
 
     def has_add_permission(self, request) -> bool:
         # An endpoint made here could show its secret to no one; orgs make them

@@ -84,6 +84,7 @@ RETRY_DELAYS = (
     timedelta(hours=10),
 )
 RETRY_JITTER = 0.1
+MAX_ATTEMPTS = len(RETRY_DELAYS) + 1
 # How long a claimed attempt may take before another worker may claim it again.
 # Far longer than the HTTP timeouts, so a live worker never loses its claim.
 DELIVERY_LEASE = timedelta(minutes=5)
@@ -367,6 +368,17 @@ def deliver(*, delivery_id: str, now: datetime) -> str:
     )
 
     # Reasons to wait or stop, which cost the org nothing.
+    if delivery.attempt_count >= MAX_ATTEMPTS:
+        # Only reached when the last attempts' workers died before recording an
+        # answer: without this, a delivery that kills its worker would be
+        # claimed again every lease, forever.
+        due.update(
+            status=Delivery.Status.FAILED,
+            next_attempt_at=None,
+            completed_at=now,
+            last_error="No result was recorded for the last attempt.",
+        )
+        return Delivery.Status.FAILED
     if not delivery.endpoint.enabled:
         due.update(
             status=Delivery.Status.FAILED,
@@ -387,7 +399,7 @@ def deliver(*, delivery_id: str, now: datetime) -> str:
     # after sending, the lease runs out and the attempt is made again.
     try:
         with transaction.atomic():
-            claimed = due.update(
+            claimed = due.filter(attempt_count__lt=MAX_ATTEMPTS).update(
                 status=Delivery.Status.DELIVERING,
                 next_attempt_at=now + DELIVERY_LEASE,
                 attempt_count=F("attempt_count") + 1,

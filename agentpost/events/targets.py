@@ -253,9 +253,7 @@ def post(*, url: str, body: bytes, headers: dict[str, str]) -> Response:
             decode_content=False,
         )
         result.status_code = response.status
-        result.excerpt = _read_excerpt(response, started).decode(
-            "utf-8", errors="replace"
-        )
+        result.excerpt = _text(_read_excerpt(response, started))
         response.close()
     except urllib3.exceptions.NewConnectionError as exc:
         # Checked first: urllib3 makes it a subclass of ConnectTimeoutError.
@@ -291,9 +289,14 @@ def _read_excerpt(response, started: float) -> bytes:
     return b"".join(chunks)
 
 
+def _text(raw: bytes) -> str:
+    # Any bytes may come back; PostgreSQL text columns refuse NUL.
+    return raw.decode("utf-8", errors="replace").replace("\x00", "\ufffd")
+
+
 def _describe(exc: Exception) -> str:
     # urllib3 wraps the cause; the innermost reason reads best ("Connection
     # refused") and never contains a secret, as none is in the URL or headers
     # beyond the signature.
     reason = getattr(exc, "reason", None) or exc
-    return f"{type(reason).__name__}: {reason}"[:500]
+    return f"{type(reason).__name__}: {reason}"[:500].replace("\x00", "")

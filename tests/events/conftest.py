@@ -9,6 +9,7 @@ it: a status, a delay, a redirect, a large body.
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -37,20 +38,23 @@ class Received:
 
 
 class Receiver:
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         self.requests: list[Received] = []
         self.replies: list[Reply] = []
         self.secrets: list[str] = []
         self.stop = threading.Event()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
+        if tls:
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
+        self.scheme = "https" if tls else "http"
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(
             target=self.server.serve_forever, args=(0.05,), daemon=True
         )
 
     def url(self, path: str = "/hook") -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+        return f"{self.scheme}://127.0.0.1:{self.port}{path}"
 
     def reply(self, *replies: Reply) -> None:
         """Answer the next requests with these, in order; then 204."""

@@ -441,3 +441,30 @@ class _Out:
 
     def flush(self) -> None:
         pass
+
+
+def test_a_binary_answer_is_stored_readably(hook, org, receiver):
+    receiver.reply(Reply(500, body=b"\x00\xffbad\x00"))
+    emit(org)
+    deliver_due(CURRENT_TIME)
+    attempt = Delivery.objects.get().attempts.get()
+    assert attempt.response_excerpt == "\ufffd\ufffdbad\ufffd"
+
+
+def test_a_delivery_that_always_kills_its_worker_ends(hook, org, monkeypatch):
+    def die(**kwargs):
+        raise SystemExit("worker killed")
+
+    monkeypatch.setattr(services, "send", die)
+    emit(org)
+    now = CURRENT_TIME
+    for _ in range(services.MAX_ATTEMPTS):
+        with pytest.raises(SystemExit):
+            deliver_due(now)
+        now += services.DELIVERY_LEASE + timedelta(seconds=1)
+
+    assert deliver_due(now) == ["failed"]
+    delivery = Delivery.objects.get()
+    assert delivery.attempt_count == services.MAX_ATTEMPTS
+    assert delivery.last_error == "No result was recorded for the last attempt."
+    assert deliver_due(now + timedelta(days=1)) == []

@@ -322,3 +322,26 @@ def test_the_admin_replays_deliveries(org, api, client):
     replay = Delivery.objects.exclude(pk=delivery.pk).get()
     assert replay.replay_of_id == delivery.id
     assert replay.status == "pending"
+
+
+def test_staff_can_turn_an_endpoint_back_on_in_the_admin(api, org, client):
+    hook = create(api).json()
+    WebhookEndpoint.objects.update(
+        enabled=False, disabled_reason="failing", failing_since=CURRENT_TIME
+    )
+    get_user_model().objects.create_superuser("staff", "staff@ap.test", "pw-staff-1")
+    client.login(username="staff", password="pw-staff-1")
+
+    response = client.post(
+        f"/admin/events/webhookendpoint/{hook['id']}/change/",
+        {"description": "back", "enabled": "on"},
+    )
+    assert response.status_code == 302
+    shown = api.get(f"/webhooks/{hook['id']}").json()
+    assert shown["enabled"] is True
+    assert shown["disabled_reason"] is None
+    assert shown["description"] == "back"
+    assert shown["url"] == URL
+    assert WebhookEndpoint.objects.get().failing_since is None
+    entry = AuditEntry.objects.get(action="webhook.updated")
+    assert entry.actor_user.username == "staff"
