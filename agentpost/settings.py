@@ -186,6 +186,12 @@ DJSTRIPE_WEBHOOK_VALIDATION = "verify_signature"
 WEBHOOKS_ALLOW_PRIVATE_TARGETS = env.bool(
     "WEBHOOKS_ALLOW_PRIVATE_TARGETS", default=False
 )
+# Webhook signing secrets are encrypted at rest with a key derived from this; the
+# fallbacks still decrypt, so the key can be changed.
+WEBHOOKS_ENCRYPTION_KEY = env.str("WEBHOOKS_ENCRYPTION_KEY", default=SECRET_KEY)
+WEBHOOKS_ENCRYPTION_KEY_FALLBACKS = env.list(
+    "WEBHOOKS_ENCRYPTION_KEY_FALLBACKS", default=[]
+)
 
 # Celery. The default broker keeps its queue in files under ./var, so web, worker
 # and beat work together on one machine with no broker server.
@@ -207,6 +213,11 @@ CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_TIMEZONE = "UTC"
 # Each app's periodic work; django-celery-beat copies these into its tables.
 CELERY_BEAT_SCHEDULE: dict = {}
+CELERY_BEAT_SCHEDULE["webhook-deliveries"] = {
+    # Retries and deliveries whose worker died mid-attempt.
+    "task": "agentpost.events.tasks.sweep_webhook_deliveries",
+    "schedule": 30.0,
+}
 
 # REST framework.
 REST_FRAMEWORK = {
@@ -225,6 +236,9 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {
+        "WebhookEventTypeEnum": "agentpost.events.services.EVENT_TYPES",
+    },
 }
 
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")

@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.urls import path
 from drf_spectacular.views import SpectacularJSONAPIView, SpectacularRedocView
 
+from agentpost.events import api as events_api
 from agentpost.mail import api as mail_api
 from agentpost.orgs import api as orgs_api
 from usage import api as usage_api
@@ -17,6 +18,21 @@ urlpatterns = [
     path(
         "messages/<str:message_id>/attachments/<str:attachment_id>",
         mail_api.AttachmentFileView.as_view(),
+    ),
+    # Webhooks
+    path("webhooks", events_api.WebhookListView.as_view()),
+    path("webhooks/<str:webhook_id>", events_api.WebhookView.as_view()),
+    path(
+        "webhooks/<str:webhook_id>/rotate-secret",
+        events_api.WebhookRotateSecretView.as_view(),
+    ),
+    path(
+        "webhooks/<str:webhook_id>/deliveries",
+        events_api.WebhookDeliveriesView.as_view(),
+    ),
+    path(
+        "webhooks/<str:webhook_id>/deliveries/<str:delivery_id>/replay",
+        events_api.WebhookReplayView.as_view(),
     ),
     # Organizations
     path("organizations/<str:org_id>", orgs_api.OrganizationView.as_view()),
