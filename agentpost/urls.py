@@ -3,6 +3,7 @@ from django.urls import path
 from drf_spectacular.views import SpectacularJSONAPIView, SpectacularRedocView
 
 from agentpost.mail import api as mail_api
+from agentpost.mail import views as mail_views
 from agentpost.orgs import api as orgs_api
 from usage import api as usage_api
 
@@ -18,6 +19,7 @@ urlpatterns = [
         "messages/<str:message_id>/attachments/<str:attachment_id>",
         mail_api.AttachmentFileView.as_view(),
     ),
+    path("inbound/ses", mail_views.ses_inbound, name="ses-inbound"),
     # Organizations
     path("organizations/<str:org_id>", orgs_api.OrganizationView.as_view()),
     path("organizations/<str:org_id>/usage", usage_api.UsageView.as_view()),
