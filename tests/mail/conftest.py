@@ -120,6 +120,12 @@ class CertificateServer:
 
 
 @pytest.fixture(autouse=True)
+def _fast_passwords(settings):
+    # The personas' logins do not matter here; PBKDF2 made each test a second.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
 def sns_hosts(monkeypatch) -> CertificateServer:
     server = CertificateServer()
     monkeypatch.setattr(sns, "download_certificate", server)
@@ -177,5 +183,5 @@ def post_sns(client, envelope: dict | str | bytes, headers: dict | None = None):
         if value is not None
     }
     return client.post(
-        "/inbound/ses", body, content_type="text/plain; charset=UTF-8", **extra
+        "/inbound/ses", body, content_type="text/plain; charset=utf-8", **extra
     )
