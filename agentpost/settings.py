@@ -159,16 +159,37 @@ ATTACHMENT_MAX_BYTES = env.int("ATTACHMENT_MAX_BYTES", default=10 * 1024 * 1024)
 # Recipients on one message (to + cc + bcc).
 MESSAGE_MAX_RECIPIENTS = env.int("MESSAGE_MAX_RECIPIENTS", default=50)
 
-# Amazon SES inbound through SNS.
+# Amazon SES inbound through SNS (POST /inbound/ses). Only these topics are heard.
 SES_INBOUND_TOPIC_ARNS = env.list("SES_INBOUND_TOPIC_ARNS", default=[])
-# Signing certificates are fetched only from hosts matching this pattern.
+# Signing certificates are fetched only over https from hosts matching this pattern.
 SNS_CERT_HOST_PATTERN = env.str(
     "SNS_CERT_HOST_PATTERN", default=r"^sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?$"
 )
 # PEM files trusted without fetching (tests and local demos sign with their own key).
 SNS_TRUSTED_CERT_FILES = env.list("SNS_TRUSTED_CERT_FILES", default=[])
-SNS_VERIFY_SIGNATURES = env.bool("SNS_VERIFY_SIGNATURES", default=True)
-SES_INBOUND_S3_BUCKET_ACCESS = env.bool("SES_INBOUND_S3_ENABLED", default=False)
+# SNS bodies are at most 256 KB of message, which JSON escaping can double.
+SES_INBOUND_MAX_BODY_BYTES = env.int("SES_INBOUND_MAX_BODY_BYTES", default=1024 * 1024)
+# Mail that SES stored in S3 (over 150 KB, or an S3 receipt action) is fetched
+# with boto3's usual credentials when this is on, and otherwise recorded as
+# not fetched for staff to see.
+SES_INBOUND_S3_ENABLED = env.bool("SES_INBOUND_S3_ENABLED", default=False)
+SES_INBOUND_S3_REGION = env.str("SES_INBOUND_S3_REGION", default="") or None
+SES_INBOUND_S3_ENDPOINT_URL = env.str("SES_INBOUND_S3_ENDPOINT_URL", default="") or None
+SES_INBOUND_MAX_MESSAGE_BYTES = env.int(
+    "SES_INBOUND_MAX_MESSAGE_BYTES", default=40 * 1024 * 1024
+)
+# `manage.py ses_inbound` signs demo notifications with a key it generates in
+# var/ses-demo/. That key's certificate and the demo topic are trusted only when
+# this is on, which by default is only on the embedded defaults (no DATABASE_URL):
+# a production deployment never trusts it unless told to.
+SES_INBOUND_DEMO_ENABLED = env.bool(
+    "SES_INBOUND_DEMO_ENABLED", default=not env.str("DATABASE_URL", default="")
+)
+SES_INBOUND_DEMO_DIR = VAR_DIR / "ses-demo"
+SES_INBOUND_DEMO_TOPIC_ARN = "arn:aws:sns:local:000000000000:agentpost-demo-inbound"
+if SES_INBOUND_DEMO_ENABLED:
+    SNS_TRUSTED_CERT_FILES.append(str(SES_INBOUND_DEMO_DIR / "cert.pem"))
+    SES_INBOUND_TOPIC_ARNS.append(SES_INBOUND_DEMO_TOPIC_ARN)
 
 # Billing (Stripe). Off by default: every org is on the self-hosted plan.
 BILLING_ENABLED = env.bool("BILLING_ENABLED", default=False)

@@ -4,6 +4,7 @@ from drf_spectacular.views import SpectacularJSONAPIView, SpectacularRedocView
 
 from agentpost.events import api as events_api
 from agentpost.mail import api as mail_api
+from agentpost.mail import views as mail_views
 from agentpost.orgs import api as orgs_api
 from usage import api as usage_api
 
@@ -19,6 +20,7 @@ urlpatterns = [
         "messages/<str:message_id>/attachments/<str:attachment_id>",
         mail_api.AttachmentFileView.as_view(),
     ),
+    path("inbound/ses", mail_views.ses_inbound, name="ses-inbound"),
     # Webhooks
     path("webhooks", events_api.WebhookListView.as_view()),
     path("webhooks/<str:webhook_id>", events_api.WebhookView.as_view()),
