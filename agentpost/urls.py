@@ -4,6 +4,7 @@ from drf_spectacular.views import SpectacularJSONAPIView, SpectacularRedocView
 
 from agentpost.mail import api as mail_api
 from agentpost.orgs import api as orgs_api
+from retention import api as retention_api
 from usage import api as usage_api
 
 urlpatterns = [
@@ -21,6 +22,11 @@ urlpatterns = [
     # Organizations
     path("organizations/<str:org_id>", orgs_api.OrganizationView.as_view()),
     path("organizations/<str:org_id>/usage", usage_api.UsageView.as_view()),
+    path(
+        "organizations/<str:org_id>/retention-policy",
+        retention_api.RetentionPolicyView.as_view(),
+    ),
+    path("organizations/<str:org_id>/export", retention_api.ExportView.as_view()),
 ]
 
 handler404 = "agentpost.views.not_found"
