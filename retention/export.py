@@ -68,10 +68,18 @@ def safe_component(value: str, *, fallback: str = "file", limit: int = 80) -> st
     return text or fallback
 
 
+def safe_filename(filename: str) -> str:
+    """Return an ASCII file name that keeps a short, plain extension."""
+    stem, dot, ext = filename.rpartition(".")
+    if not dot or not re.fullmatch(r"[A-Za-z0-9]{1,10}", ext):
+        return safe_component(filename)
+    return f"{safe_component(stem, limit=70)}.{ext}"
+
+
 def attachment_path(*, message_id: str, attachment_id: str, filename: str) -> str:
     return (
         f"attachments/{safe_component(message_id)}/"
-        f"{safe_component(attachment_id)}_{safe_component(filename)}"
+        f"{safe_component(attachment_id)}_{safe_filename(filename)}"
     )
 
 

@@ -210,9 +210,7 @@ def test_a_file_still_named_by_a_row_is_never_removed(org, inbox, mailoutbox):
     assert not PendingFileDeletion.objects.exists()
 
 
-def test_suspended_orgs_and_orgs_being_exported_are_left_alone(
-    org, inbox, mailoutbox
-):
+def test_suspended_orgs_and_orgs_being_exported_are_left_alone(org, inbox, mailoutbox):
     outbound(org, inbox, created_at=NOW - 40 * DAY)
     warned(org, 30)
     later = NOW + 8 * DAY

@@ -87,9 +87,7 @@ def test_a_suspended_org_can_read_and_change_its_policy(api, org, clock):
     assert api.put(policy_url(org), {"retention_days": 10}).status_code == 200
 
 
-def test_the_preview_says_when_deletion_may_begin_and_how_much(
-    api, org, inbox, clock
-):
+def test_the_preview_says_when_deletion_may_begin_and_how_much(api, org, inbox, clock):
     outbound(org, inbox, created_at=NOW - 40 * DAY, files={"a.pdf": b"x" * 300})
     outbound(org, inbox, created_at=NOW - 35 * DAY)
     outbound(org, inbox, created_at=NOW - 10 * DAY, files={"b.pdf": b"y" * 50})
@@ -111,6 +109,4 @@ def test_the_preview_follows_a_sent_warning(api, org, inbox, clock, mailoutbox):
     clock.move_to(NOW + 8 * DAY)
     preview = api.get(policy_url(org)).json()["next_deletion"]
     assert preview["messages"] == 1
-    assert preview["earliest_at"] == (NOW + 8 * DAY).isoformat().replace(
-        "+00:00", "Z"
-    )
+    assert preview["earliest_at"] == (NOW + 8 * DAY).isoformat().replace("+00:00", "Z")
