@@ -203,6 +203,22 @@ DJSTRIPE_FOREIGN_KEY_TO_FIELD = "id"
 DJSTRIPE_USE_NATIVE_JSONFIELD = True
 DJSTRIPE_WEBHOOK_VALIDATION = "verify_signature"
 
+# Retention (see retention/). Policies may be 1 to RETENTION_MAX_DAYS long (one
+# maximum for every plan for now); owners are warned RETENTION_NOTICE_DAYS before
+# any deletion, and one warning covers what expires in the next
+# RETENTION_WARNING_WINDOW_DAYS.
+RETENTION_MAX_DAYS = env.int("RETENTION_MAX_DAYS", default=3650)
+RETENTION_NOTICE_DAYS = env.int("RETENTION_NOTICE_DAYS", default=7)
+RETENTION_WARNING_WINDOW_DAYS = env.int("RETENTION_WARNING_WINDOW_DAYS", default=30)
+RETENTION_DELETE_BATCH_SIZE = env.int("RETENTION_DELETE_BATCH_SIZE", default=1000)
+RETENTION_STATEMENT_TIMEOUT_MS = env.int(
+    "RETENTION_STATEMENT_TIMEOUT_MS", default=30_000
+)
+# Files younger than this are never taken as orphans (uploads may be in flight).
+RETENTION_ORPHAN_MIN_AGE_HOURS = env.int("RETENTION_ORPHAN_MIN_AGE_HOURS", default=24)
+# An export holds off file deletion in its org until it ends or this passes.
+RETENTION_EXPORT_LEASE_HOURS = env.int("RETENTION_EXPORT_LEASE_HOURS", default=12)
+
 # Outgoing webhooks may target loopback only when this is on (local development).
 WEBHOOKS_ALLOW_PRIVATE_TARGETS = env.bool(
     "WEBHOOKS_ALLOW_PRIVATE_TARGETS", default=False
@@ -233,11 +249,25 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_TIMEZONE = "UTC"
 # Each app's periodic work; django-celery-beat copies these into its tables.
-CELERY_BEAT_SCHEDULE: dict = {}
-CELERY_BEAT_SCHEDULE["webhook-deliveries"] = {
-    # Retries and deliveries whose worker died mid-attempt.
-    "task": "agentpost.events.tasks.sweep_webhook_deliveries",
-    "schedule": 30.0,
+CELERY_BEAT_SCHEDULE: dict = {
+    "webhook-deliveries": {
+        # Retries and deliveries whose worker died mid-attempt.
+        "task": "agentpost.events.tasks.sweep_webhook_deliveries",
+        "schedule": 30.0,
+    },
+    # Retention: warn, then delete what a matured warning covers, then sweep.
+    "retention-warnings": {
+        "task": "retention.tasks.send_retention_warnings",
+        "schedule": crontab(hour=2, minute=10),
+    },
+    "retention-cleanup": {
+        "task": "retention.tasks.run_retention_cleanup",
+        "schedule": crontab(hour=2, minute=40),
+    },
+    "retention-orphan-sweep": {
+        "task": "retention.tasks.sweep_orphan_files",
+        "schedule": crontab(hour=4, minute=10),
+    },
 }
 
 # REST framework.

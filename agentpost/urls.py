@@ -6,6 +6,7 @@ from agentpost.events import api as events_api
 from agentpost.mail import api as mail_api
 from agentpost.mail import views as mail_views
 from agentpost.orgs import api as orgs_api
+from retention import api as retention_api
 from usage import api as usage_api
 
 urlpatterns = [
@@ -39,6 +40,11 @@ urlpatterns = [
     # Organizations
     path("organizations/<str:org_id>", orgs_api.OrganizationView.as_view()),
     path("organizations/<str:org_id>/usage", usage_api.UsageView.as_view()),
+    path(
+        "organizations/<str:org_id>/retention-policy",
+        retention_api.RetentionPolicyView.as_view(),
+    ),
+    path("organizations/<str:org_id>/export", retention_api.ExportView.as_view()),
 ]
 
 handler404 = "agentpost.views.not_found"

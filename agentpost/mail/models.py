@@ -79,6 +79,8 @@ class Message(models.Model):
         indexes = [
             models.Index(fields=["org", "created_at"]),
             models.Index(fields=["inbox", "-id"]),
+            # Retention checks that no stored row names a file before removing it.
+            models.Index(fields=["raw"], name="mail_message_raw_idx"),
         ]
 
     def __str__(self) -> str:
@@ -102,6 +104,10 @@ class Attachment(models.Model):
     sha256 = models.CharField(max_length=64)
     file = models.FileField(upload_to=attachment_path, max_length=300)
     created_at = models.DateTimeField()
+
+    class Meta:
+        # Retention checks that no stored row names a file before removing it.
+        indexes = [models.Index(fields=["file"], name="mail_attachment_file_idx")]
 
     def __str__(self) -> str:
         return f"{self.id} {self.filename}"
