@@ -160,16 +160,37 @@ ATTACHMENT_MAX_BYTES = env.int("ATTACHMENT_MAX_BYTES", default=10 * 1024 * 1024)
 # Recipients on one message (to + cc + bcc).
 MESSAGE_MAX_RECIPIENTS = env.int("MESSAGE_MAX_RECIPIENTS", default=50)
 
-# Amazon SES inbound through SNS.
+# Amazon SES inbound through SNS (POST /inbound/ses). Only these topics are heard.
 SES_INBOUND_TOPIC_ARNS = env.list("SES_INBOUND_TOPIC_ARNS", default=[])
-# Signing certificates are fetched only from hosts matching this pattern.
+# Signing certificates are fetched only over https from hosts matching this pattern.
 SNS_CERT_HOST_PATTERN = env.str(
     "SNS_CERT_HOST_PATTERN", default=r"^sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?$"
 )
 # PEM files trusted without fetching (tests and local demos sign with their own key).
 SNS_TRUSTED_CERT_FILES = env.list("SNS_TRUSTED_CERT_FILES", default=[])
-SNS_VERIFY_SIGNATURES = env.bool("SNS_VERIFY_SIGNATURES", default=True)
-SES_INBOUND_S3_BUCKET_ACCESS = env.bool("SES_INBOUND_S3_ENABLED", default=False)
+# SNS bodies are at most 256 KB of message, which JSON escaping can double.
+SES_INBOUND_MAX_BODY_BYTES = env.int("SES_INBOUND_MAX_BODY_BYTES", default=1024 * 1024)
+# Mail that SES stored in S3 (over 150 KB, or an S3 receipt action) is fetched
+# with boto3's usual credentials when this is on, and otherwise recorded as
+# not fetched for staff to see.
+SES_INBOUND_S3_ENABLED = env.bool("SES_INBOUND_S3_ENABLED", default=False)
+SES_INBOUND_S3_REGION = env.str("SES_INBOUND_S3_REGION", default="") or None
+SES_INBOUND_S3_ENDPOINT_URL = env.str("SES_INBOUND_S3_ENDPOINT_URL", default="") or None
+SES_INBOUND_MAX_MESSAGE_BYTES = env.int(
+    "SES_INBOUND_MAX_MESSAGE_BYTES", default=40 * 1024 * 1024
+)
+# `manage.py ses_inbound` signs demo notifications with a key it generates in
+# var/ses-demo/. That key's certificate and the demo topic are trusted only when
+# this is on, which by default is only on the embedded defaults (no DATABASE_URL):
+# a production deployment never trusts it unless told to.
+SES_INBOUND_DEMO_ENABLED = env.bool(
+    "SES_INBOUND_DEMO_ENABLED", default=not env.str("DATABASE_URL", default="")
+)
+SES_INBOUND_DEMO_DIR = VAR_DIR / "ses-demo"
+SES_INBOUND_DEMO_TOPIC_ARN = "arn:aws:sns:local:000000000000:agentpost-demo-inbound"
+if SES_INBOUND_DEMO_ENABLED:
+    SNS_TRUSTED_CERT_FILES.append(str(SES_INBOUND_DEMO_DIR / "cert.pem"))
+    SES_INBOUND_TOPIC_ARNS.append(SES_INBOUND_DEMO_TOPIC_ARN)
 
 # Billing (Stripe). Off by default: every org is on the self-hosted plan.
 BILLING_ENABLED = env.bool("BILLING_ENABLED", default=False)
@@ -189,9 +210,31 @@ DJSTRIPE_WEBHOOK_VALIDATION = "verify_signature"
 # Customers carry metadata org_id, so dj-stripe links them to their org.
 DJSTRIPE_SUBSCRIBER_CUSTOMER_KEY = "org_id"
 
+# Retention (see retention/). Policies may be 1 to RETENTION_MAX_DAYS long (one
+# maximum for every plan for now); owners are warned RETENTION_NOTICE_DAYS before
+# any deletion, and one warning covers what expires in the next
+# RETENTION_WARNING_WINDOW_DAYS.
+RETENTION_MAX_DAYS = env.int("RETENTION_MAX_DAYS", default=3650)
+RETENTION_NOTICE_DAYS = env.int("RETENTION_NOTICE_DAYS", default=7)
+RETENTION_WARNING_WINDOW_DAYS = env.int("RETENTION_WARNING_WINDOW_DAYS", default=30)
+RETENTION_DELETE_BATCH_SIZE = env.int("RETENTION_DELETE_BATCH_SIZE", default=1000)
+RETENTION_STATEMENT_TIMEOUT_MS = env.int(
+    "RETENTION_STATEMENT_TIMEOUT_MS", default=30_000
+)
+# Files younger than this are never taken as orphans (uploads may be in flight).
+RETENTION_ORPHAN_MIN_AGE_HOURS = env.int("RETENTION_ORPHAN_MIN_AGE_HOURS", default=24)
+# An export holds off file deletion in its org until it ends or this passes.
+RETENTION_EXPORT_LEASE_HOURS = env.int("RETENTION_EXPORT_LEASE_HOURS", default=12)
+
 # Outgoing webhooks may target loopback only when this is on (local development).
 WEBHOOKS_ALLOW_PRIVATE_TARGETS = env.bool(
     "WEBHOOKS_ALLOW_PRIVATE_TARGETS", default=False
+)
+# Webhook signing secrets are encrypted at rest with a key derived from this; the
+# fallbacks still decrypt, so the key can be changed.
+WEBHOOKS_ENCRYPTION_KEY = env.str("WEBHOOKS_ENCRYPTION_KEY", default=SECRET_KEY)
+WEBHOOKS_ENCRYPTION_KEY_FALLBACKS = env.list(
+    "WEBHOOKS_ENCRYPTION_KEY_FALLBACKS", default=[]
 )
 
 # Celery. The default broker keeps its queue in files under ./var, so web, worker
@@ -213,10 +256,29 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_TIMEZONE = "UTC"
 # Each app's periodic work; django-celery-beat copies these into its tables.
-CELERY_BEAT_SCHEDULE = {
+CELERY_BEAT_SCHEDULE: dict = {
+    # Dunning: reminders, then suspensions whose grace period ended.
     "billing-dunning": {
         "task": "billing.tasks.run_dunning",
         "schedule": crontab(minute=5),
+    },
+    "webhook-deliveries": {
+        # Retries and deliveries whose worker died mid-attempt.
+        "task": "agentpost.events.tasks.sweep_webhook_deliveries",
+        "schedule": 30.0,
+    },
+    # Retention: warn, then delete what a matured warning covers, then sweep.
+    "retention-warnings": {
+        "task": "retention.tasks.send_retention_warnings",
+        "schedule": crontab(hour=2, minute=10),
+    },
+    "retention-cleanup": {
+        "task": "retention.tasks.run_retention_cleanup",
+        "schedule": crontab(hour=2, minute=40),
+    },
+    "retention-orphan-sweep": {
+        "task": "retention.tasks.sweep_orphan_files",
+        "schedule": crontab(hour=4, minute=10),
     },
 }
 
@@ -237,6 +299,9 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {
+        "WebhookEventTypeEnum": "agentpost.events.services.EVENT_TYPES",
+    },
 }
 
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")

@@ -130,11 +130,28 @@ def main() -> None:
             "the worker to send the message",
         )
 
+        # Inbound: one SES notification, signed with the local demo key, over HTTP.
+        eml = ROOT / "tests" / "fixtures" / "ses" / "mime_anymail_TEST_MIME_MESSAGE.eml"
+        run(
+            "ses_inbound",
+            str(eml),
+            "--to",
+            inbox["address"],
+            "--url",
+            f"{base}/inbound/ses",
+        )
+        received = session.get(f"{base}/inboxes/{inbox['id']}/messages").json()["data"]
+        assert any(m["direction"] == "inbound" for m in received), received
+
         usage = session.get(f"{base}/organizations/{org_id}/usage").json()
         assert usage["messages_sent"]["current"] == 1, usage
+        assert usage["messages_received"]["current"] == 1, usage
         assert usage["storage_bytes"]["current"] == 512, usage
-        assert usage["api_calls"]["current"] >= 4, usage
-        print("smoke: inbox, send through the worker and usage all work on SQLite")
+        assert usage["api_calls"]["current"] >= 5, usage
+        print(
+            "smoke: inbox, send through the worker, signed SES inbound and usage "
+            "all work on SQLite"
+        )
     finally:
         for process in processes:
             process.terminate()

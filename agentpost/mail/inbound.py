@@ -106,8 +106,9 @@ def parse_mime(raw: bytes) -> ParsedMail:
         to=_addresses(message, "To"),
         cc=_addresses(message, "Cc"),
         subject=_header(message, "Subject"),
-        text="\n".join(text_parts),
-        html="\n".join(html_parts),
+        # Bodies arrive with CRLF line ends (the wire format); the API speaks \n.
+        text="\n".join(text_parts).replace("\r\n", "\n"),
+        html="\n".join(html_parts).replace("\r\n", "\n"),
         headers=headers,
         message_id=_header(message, "Message-ID")[:998],
         attachments=attachments,

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import hashlib
+
 from django.db import models
 
 from agentpost.ids import PrefixedIdField
@@ -77,6 +79,8 @@ class Message(models.Model):
         indexes = [
             models.Index(fields=["org", "created_at"]),
             models.Index(fields=["inbox", "-id"]),
+            # Retention checks that no stored row names a file before removing it.
+            models.Index(fields=["raw"], name="mail_message_raw_idx"),
         ]
 
     def __str__(self) -> str:
@@ -101,16 +105,27 @@ class Attachment(models.Model):
     file = models.FileField(upload_to=attachment_path, max_length=300)
     created_at = models.DateTimeField()
 
+    class Meta:
+        # Retention checks that no stored row names a file before removing it.
+        indexes = [models.Index(fields=["file"], name="mail_attachment_file_idx")]
+
     def __str__(self) -> str:
         return f"{self.id} {self.filename}"
 
 
+def inbound_raw_path(instance: InboundNotification, filename: str) -> str:
+    # SNS message ids are UUIDs from AWS, but a path never trusts a sender.
+    digest = hashlib.sha256(instance.sns_message_id.encode()).hexdigest()[:40]
+    return f"inbound/{digest}.eml"
+
+
 class InboundNotification(models.Model):
-    """One SES receipt notification from SNS, kept whatever became of it.
+    """One SNS message on the SES inbound endpoint, kept whatever became of it.
 
     The SNS message id is unique, so SNS redeliveries of one notification store
     the mail once. Mail for an unknown recipient, or mail announced through S3
-    that could not be fetched, stays here for staff to see.
+    that could not be fetched, stays here for staff to see (and to process
+    again from the admin). The subscription handshake is recorded here too.
     """
 
     class Status(models.TextChoices):
@@ -118,14 +133,22 @@ class InboundNotification(models.Model):
         UNROUTED = "unrouted"  # no inbox has any of the recipients
         NOT_FETCHED = "not_fetched"  # content in S3, and S3 is not configured
         FAILED = "failed"
+        CONFIRMING = "confirming"  # a SubscriptionConfirmation, task queued
+        CONFIRMED = "confirmed"  # the task visited the SubscribeURL
+        UNSUBSCRIBED = "unsubscribed"  # SNS says the subscription ended
 
     sns_message_id = models.CharField(max_length=100, unique=True)
+    sns_type = models.CharField(max_length=30, default="Notification")
     topic_arn = models.CharField(max_length=300)
     ses_message_id = models.CharField(max_length=200, blank=True)
     recipients = models.JSONField(default=list)
     status = models.CharField(max_length=20, choices=Status.choices)
     detail = models.TextField(blank=True)
+    # The SNS envelope and, for a notification, the parsed SES notification
+    # without its "content" once that is kept as a file (here or on the message).
     notification = models.JSONField()
+    # The raw MIME of mail that is not stored as a message (unrouted, failed).
+    raw = models.FileField(upload_to=inbound_raw_path, max_length=300, blank=True)
     message = models.ForeignKey(
         Message, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )

@@ -54,7 +54,9 @@ def save_attachments(
     Files are written before their rows; if the transaction then rolls back, the
     orphan sweep removes the files.
     """
-    names = dedupe_filenames([safe_filename(a.filename) for a in attachments])
+    names = dedupe_filenames(
+        [safe_filename(a.filename, content_type=a.content_type) for a in attachments]
+    )
     saved = []
     for name, new in zip(names, attachments, strict=True):
         attachment = Attachment(
