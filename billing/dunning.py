@@ -23,17 +23,18 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from agentpost.events.services import emit_event
+from agentpost.events.services import (
+    BILLING_PAYMENT_FAILED,
+    ORG_REINSTATED,
+    ORG_SUSPENDED,
+    emit_event,
+)
 from agentpost.orgs.models import Organization
 from agentpost.orgs.services import record_audit
 from billing import emails, stripe_api, stripe_data
 from billing.models import DunningCase, OrgSubscription, PlanPrice
 
 logger = logging.getLogger("agentpost.billing")
-
-PAYMENT_FAILED = "billing.payment_failed"
-ORG_SUSPENDED = "org.suspended"
-ORG_REINSTATED = "org.reinstated"
 
 
 def grace_period(org: Organization) -> timedelta:
@@ -106,10 +107,11 @@ def record_payment_failure(
         )
         emit_event(
             org=org,
-            type=PAYMENT_FAILED,
+            type=BILLING_PAYMENT_FAILED,
             data={
                 "invoice_id": case.invoice_id,
                 "amount_due": case.amount_due_cents,
+                "currency": invoice.get("currency") or "usd",
                 "grace_deadline": org.grace_deadline.isoformat()
                 if org.grace_deadline
                 else None,
@@ -179,7 +181,12 @@ def _reinstate(*, org: Organization, now: datetime, actor, reason: str) -> bool:
         actor=actor,
         reason=reason,
     )
-    emit_event(org=org, type=ORG_REINSTATED, data={"previous_state": was}, now=now)
+    emit_event(
+        org=org,
+        type=ORG_REINSTATED,
+        data={"reinstated_at": now.isoformat(), "previous_state": was},
+        now=now,
+    )
     transaction.on_commit(lambda: emails.send_reinstated(org_id=org.pk))
     transaction.on_commit(lambda: _release_held(org_id=org.pk, now=now))
     logger.info("org reinstated org=%s from=%s reason=%s", org.id, was, reason)
@@ -229,7 +236,11 @@ def suspend_overdue(*, now: datetime) -> int:
             emit_event(
                 org=org,
                 type=ORG_SUSPENDED,
-                data={"grace_deadline": org.grace_deadline.isoformat()},
+                data={
+                    "suspended_at": now.isoformat(),
+                    "grace_deadline": org.grace_deadline.isoformat(),
+                    "by_staff": False,
+                },
                 now=now,
             )
             transaction.on_commit(
@@ -328,7 +339,16 @@ def staff_suspend(*, org: Organization, actor, reason: str, now: datetime):
             actor=actor,
             reason=reason,
         )
-        emit_event(org=org, type=ORG_SUSPENDED, data={"by_staff": True}, now=now)
+        emit_event(
+            org=org,
+            type=ORG_SUSPENDED,
+            data={
+                "suspended_at": now.isoformat(),
+                "grace_deadline": None,
+                "by_staff": True,
+            },
+            now=now,
+        )
         transaction.on_commit(lambda: emails.send_suspended(org_id=org.pk))
     return org
 

@@ -32,14 +32,18 @@ class ConsoleContext:
 
 def current_context(request) -> ConsoleContext | None:
     memberships = list(
-        Membership.objects.filter(user=request.user).select_related("org").order_by("org__name")
+        Membership.objects.filter(user=request.user)
+        .select_related("org")
+        .order_by("org__name")
     )
     if not memberships:
         return None
     wanted = request.session.get(SESSION_KEY)
     membership = next((m for m in memberships if m.org_id == wanted), memberships[0])
     request.session[SESSION_KEY] = membership.org_id
-    return ConsoleContext(org=membership.org, membership=membership, memberships=memberships)
+    return ConsoleContext(
+        org=membership.org, membership=membership, memberships=memberships
+    )
 
 
 def member_required(view):

@@ -24,7 +24,11 @@ def dunning_banner(org: Organization) -> Banner | None:
     )
     pay_url = case.hosted_invoice_url if case and case.hosted_invoice_url else ""
     if org.billing_state == Organization.BillingState.PAST_DUE:
-        deadline = f"{org.grace_deadline:%-d %B %Y at %H:%M} UTC" if org.grace_deadline else "soon"
+        deadline = (
+            f"{org.grace_deadline:%-d %B %Y at %H:%M} UTC"
+            if org.grace_deadline
+            else "soon"
+        )
         return Banner(
             level="warning",
             title="Your last payment failed.",

@@ -12,7 +12,11 @@ urlpatterns = [
         auth_views.LoginView.as_view(template_name="console/login.html"),
         name="login",
     ),
-    path("logout/", auth_views.LogoutView.as_view(next_page="console:login"), name="logout"),
+    path(
+        "logout/",
+        auth_views.LogoutView.as_view(next_page="console:login"),
+        name="logout",
+    ),
     path("no-org/", views.no_org, name="no_org"),
     path("switch/", views.switch_org, name="switch_org"),
     path("billing/", views.billing_page, name="billing"),

@@ -60,7 +60,9 @@ def billing_page(request):
         return render(request, "console/billing_disabled.html")
     account = OrgSubscription.objects.filter(org=org).first()
     invoices = (
-        dj.Invoice.objects.filter(customer__id=account.stripe_customer_id).order_by("-created")
+        dj.Invoice.objects.filter(customer__id=account.stripe_customer_id).order_by(
+            "-created"
+        )
         if account
         else dj.Invoice.objects.none()
     )
@@ -89,7 +91,10 @@ def plan_table(*, current: str) -> list[dict]:
         row["price"] = price
         row["is_current"] = row["code"] == current
         if price and not row["is_current"]:
-            cheaper = current_price and price.unit_amount_cents < current_price.unit_amount_cents
+            cheaper = (
+                current_price
+                and price.unit_amount_cents < current_price.unit_amount_cents
+            )
             row["action"] = "downgrade" if cheaper else "upgrade"
         rows.append(row)
     return rows
@@ -131,7 +136,11 @@ def billing_change(request):
             messages.success(request, f"Your plan is now {change.plan_code}.")
             return redirect("console:billing")
         change = billing.change_plan(
-            org=org, plan_code=plan, preview=True, now=timezone.now(), actor=request.user,
+            org=org,
+            plan_code=plan,
+            preview=True,
+            now=timezone.now(),
+            actor=request.user,
             client_key=None,
         )
     except Exception as error:
@@ -171,7 +180,10 @@ def billing_cancel(request):
 def billing_resume(request):
     try:
         billing.resume_subscription(
-            org=request.console.org, now=timezone.now(), actor=request.user, client_key=None
+            org=request.console.org,
+            now=timezone.now(),
+            actor=request.user,
+            client_key=None,
         )
         messages.success(request, "Your subscription will renew as usual.")
     except Exception as error:
