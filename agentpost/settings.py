@@ -276,6 +276,10 @@ CELERY_BEAT_SCHEDULE: dict = {
         "task": "retention.tasks.run_retention_cleanup",
         "schedule": crontab(hour=2, minute=40),
     },
+    "weekly-usage-summary": {
+        "task": "console.tasks.send_weekly_usage_summaries",
+        "schedule": crontab(day_of_week=1, hour=8, minute=0),
+    },
     "retention-orphan-sweep": {
         "task": "retention.tasks.sweep_orphan_files",
         "schedule": crontab(hour=4, minute=10),

@@ -6,12 +6,17 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
-from django.http import HttpResponseRedirect
+from django.core.exceptions import PermissionDenied
+from django.http import HttpResponseRedirect, JsonResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 from djstripe import models as dj
 
+from agentpost.events import services as events
+from agentpost.events import targets
+from agentpost.events.models import Delivery, WebhookEndpoint
+from agentpost.events.services import ALL_EVENT_TYPES, EVENT_TYPES
 from agentpost.orgs.models import ApiKey, Membership
 from agentpost.orgs.services import create_api_key, revoke_api_key
 from billing import services as billing
@@ -19,8 +24,15 @@ from billing import stripe_api
 from billing.api import subscription_body
 from billing.models import OrgSubscription, PlanPrice
 from console.access import SESSION_KEY, member_required, owner_required
+from console.charts import bar_chart
+from retention import services as retention
+from retention.export import export_filename, stream_export
+from retention.models import RetentionRun
+from usage.limits import get_limits
+from usage.services import get_usage, get_usage_history
 
 INVOICES_PER_PAGE = 10
+RECENT_DELIVERIES = 25
 
 
 @login_required
@@ -57,7 +69,7 @@ def _billing_error(request, error) -> None:
 def billing_page(request):
     org = request.console.org
     if not settings.BILLING_ENABLED:
-        return render(request, "console/billing_disabled.html")
+        return render(request, "console/billing_disabled.html", {"section": "billing"})
     account = OrgSubscription.objects.filter(org=org).first()
     invoices = (
         dj.Invoice.objects.filter(customer__id=account.stripe_customer_id).order_by(
@@ -71,6 +83,7 @@ def billing_page(request):
         request,
         "console/billing.html",
         {
+            "section": "billing",
             "subscription": subscription_body(org),
             "account": account,
             "plans": plan_table(current=org.plan),
@@ -150,6 +163,7 @@ def billing_change(request):
         request,
         "console/billing_change.html",
         {
+            "section": "billing",
             "change": change,
             "price": PlanPrice.objects.filter(plan_code=plan).first(),
             "subscription": subscription_body(org),
@@ -211,7 +225,11 @@ def billing_portal(request):
 def keys_page(request):
     keys = ApiKey.objects.filter(org=request.console.org).order_by("-created_at")
     new_token = request.session.pop("console_new_key", None)
-    return render(request, "console/keys.html", {"keys": keys, "new_token": new_token})
+    return render(
+        request,
+        "console/keys.html",
+        {"section": "keys", "keys": keys, "new_token": new_token},
+    )
 
 
 @owner_required
@@ -231,3 +249,241 @@ def keys_revoke(request, key_id: str):
     if revoke_api_key(key=key, now=timezone.now(), actor=request.user):
         messages.success(request, f"Key {key.prefix}… is revoked.")
     return redirect("console:keys")
+
+
+# Retention
+
+
+@member_required
+def retention_page(request):
+    org = request.console.org
+    now = timezone.now()
+    policy = retention.get_policy(org=org)
+    current_days = policy.retention_days if policy else None
+    proposed = None
+    error = ""
+    if request.method == "POST":
+        if not request.console.is_owner:
+            raise PermissionDenied("Only the org's owners can change this.")
+        raw = request.POST.get("retention_days", "").strip()
+        try:
+            days = int(raw) if raw else None
+            if days is not None and not 1 <= days <= settings.RETENTION_MAX_DAYS:
+                raise ValueError
+        except ValueError:
+            error = f"Enter a whole number of days from 1 to {settings.RETENTION_MAX_DAYS}, or leave it empty to keep everything."
+        else:
+            if request.POST.get("confirm") == "yes":
+                retention.set_policy(org=org, retention_days=days, now=now, actor=request.user)
+                messages.success(
+                    request,
+                    "Messages are now kept forever."
+                    if days is None
+                    else f"Messages are now kept for {days} days.",
+                )
+                return redirect("console:retention")
+            proposed = {
+                "days": days,
+                "preview": retention.preview_policy(org=org, retention_days=days, now=now),
+            }
+    return render(
+        request,
+        "console/retention.html",
+        {
+            "section": "retention",
+            "current_days": current_days,
+            "next_deletion": retention.deletion_preview(org=org, now=now),
+            "proposed": proposed,
+            "error": error,
+            "notice_days": settings.RETENTION_NOTICE_DAYS,
+            "max_days": settings.RETENTION_MAX_DAYS,
+            "receipts": RetentionRun.objects.filter(org=org).order_by("-started_at")[:20],
+        },
+    )
+
+
+@owner_required
+def retention_export(request):
+    org = request.console.org
+    now = timezone.now()
+    response = StreamingHttpResponse(
+        stream_export(org_id=org.id, now=now), content_type="application/zip"
+    )
+    name = export_filename(org_id=org.id, now=now)
+    response["Content-Disposition"] = f'attachment; filename="{name}"'
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+# Webhooks
+
+
+@member_required
+def webhooks_page(request):
+    org = request.console.org
+    endpoints = WebhookEndpoint.objects.filter(org=org).order_by("created_at")
+    deliveries = (
+        Delivery.objects.filter(org=org)
+        .select_related("endpoint", "event")
+        .order_by("-created_at")[:RECENT_DELIVERIES]
+    )
+    return render(
+        request,
+        "console/webhooks.html",
+        {
+            "section": "webhooks",
+            "endpoints": endpoints,
+            "deliveries": deliveries,
+            "event_types": sorted(EVENT_TYPES),
+            "new_secret": request.session.pop("console_new_webhook_secret", None),
+        },
+    )
+
+
+@owner_required
+@require_POST
+def webhooks_create(request):
+    chosen = request.POST.getlist("event_types") or [ALL_EVENT_TYPES]
+    unknown = [t for t in chosen if t != ALL_EVENT_TYPES and t not in EVENT_TYPES]
+    if unknown:
+        messages.error(request, "Unknown event type.")
+        return redirect("console:webhooks")
+    try:
+        new = events.create_endpoint(
+            org=request.console.org,
+            url=request.POST.get("url", "").strip(),
+            event_types=chosen,
+            description=request.POST.get("description", "").strip()[:500],
+            enabled=True,
+            now=timezone.now(),
+            actor=request.user,
+        )
+    except targets.UnsafeTarget as error:
+        messages.error(request, f"That URL cannot be used: {error}")
+        return redirect("console:webhooks")
+    except events.EndpointLimitReached:
+        messages.error(request, "This org has reached its number of endpoints.")
+        return redirect("console:webhooks")
+    request.session["console_new_webhook_secret"] = {
+        "endpoint": new.endpoint.id,
+        "secret": new.secret,
+    }
+    return redirect("console:webhooks")
+
+
+@owner_required
+@require_POST
+def webhooks_delete(request, endpoint_id: str):
+    endpoint = get_object_or_404(WebhookEndpoint, pk=endpoint_id, org=request.console.org)
+    events.delete_endpoint(endpoint=endpoint, now=timezone.now(), actor=request.user)
+    messages.success(request, "The endpoint is deleted.")
+    return redirect("console:webhooks")
+
+
+@owner_required
+@require_POST
+def webhooks_replay(request, delivery_id: str):
+    delivery = get_object_or_404(Delivery, pk=delivery_id, org=request.console.org)
+    try:
+        events.replay_delivery(delivery=delivery, now=timezone.now())
+    except events.EndpointDisabled:
+        messages.error(request, "The endpoint is disabled; enable it to replay.")
+    else:
+        messages.success(request, "The delivery is queued again.")
+    return redirect("console:webhooks")
+
+
+# Usage
+
+COUNTER_LABELS = {
+    "messages_sent": "Messages sent",
+    "messages_received": "Messages received",
+    "storage_bytes": "Attachment storage",
+    "api_calls": "API calls",
+    "webhook_deliveries": "Webhook deliveries",
+}
+HISTORY_DAYS = 30
+
+
+def usage_meters(org, now) -> list[dict]:
+    """The five counters as the dashboard shows them: value, limit, bar, colour."""
+    usage = get_usage(org=org, now=now)
+    limits = get_limits(org=org)
+    meters = []
+    for counter, label in COUNTER_LABELS.items():
+        row = usage[counter]
+        limit = limits[counter]
+        percentage = row["percentage"]
+        state = "ok"
+        if percentage is not None and limit.limit is not None:
+            if percentage >= 100:
+                state = "over"
+            elif percentage >= limit.warning_threshold:
+                state = "warn"
+        meters.append(
+            {
+                "counter": counter,
+                "label": label,
+                "current": row["current"],
+                "limit": row["limit"],
+                "percentage": percentage,
+                "bar": min(percentage or 0, 100),
+                "mode": limit.mode if limit.limit is not None else None,
+                "threshold": limit.warning_threshold if limit.limit is not None else None,
+                "state": state,
+                "is_bytes": counter == "storage_bytes",
+            }
+        )
+    return meters
+
+
+@member_required
+def usage_page(request):
+    org = request.console.org
+    now = timezone.now()
+    meters = usage_meters(org, now)
+    history = get_usage_history(org=org, days=HISTORY_DAYS, now=now)
+    charts = [
+        {
+            "label": meter["label"],
+            "svg": bar_chart(
+                values=history["counters"][meter["counter"]],
+                days=history["days"],
+                title=f"{meter['label']}, last {HISTORY_DAYS} days",
+            ),
+        }
+        for meter in meters
+    ]
+    period = get_usage(org=org, now=now)["period"]
+    return render(
+        request,
+        "console/usage.html",
+        {
+            "section": "usage",
+            "meters": meters,
+            "charts": charts,
+            "period": period,
+            "weekly_summary": request.console.membership.weekly_summary,
+        },
+    )
+
+
+@member_required
+def usage_json(request):
+    """The meters as JSON, for the dashboard's refresh every few seconds."""
+    return JsonResponse({"meters": usage_meters(request.console.org, timezone.now())})
+
+
+@owner_required
+@require_POST
+def weekly_summary_toggle(request):
+    membership = request.console.membership
+    membership.weekly_summary = request.POST.get("weekly_summary") == "on"
+    membership.save(update_fields=["weekly_summary"])
+    messages.success(
+        request,
+        "You will get the weekly usage email."
+        if membership.weekly_summary
+        else "You will no longer get the weekly usage email.",
+    )
+    return redirect("console:usage")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import html
 import json
 import logging
 import re
@@ -30,6 +31,21 @@ from billing.standin.state import StandinState, StripeError
 logger = logging.getLogger(__name__)
 
 DEFAULT_EVENT_VERSION = "2025-08-27.basil"
+
+
+CHECKOUT_PAGE = """<!doctype html><html><head><meta charset="utf-8">
+<title>Checkout (Stripe stand-in)</title></head>
+<body style="font-family: sans-serif; max-width: 420px; margin: 60px auto;">
+<p><small>Stripe stand-in: no real payment is taken.</small></p>
+<h1>Subscribe to {name}</h1><p>${amount:.2f} a month</p>
+<form method="post"><button type="submit" id="pay">Pay and subscribe</button></form>
+<p><a href="{cancel}">Cancel</a></p></body></html>"""
+
+PORTAL_PAGE = """<!doctype html><html><head><meta charset="utf-8">
+<title>Billing portal (Stripe stand-in)</title></head>
+<body style="font-family: sans-serif; max-width: 420px; margin: 60px auto;">
+<h1>Billing portal</h1><p>Stripe stand-in: payment methods are not kept here.</p>
+<p><a href="{back}">Back to AgentPost</a></p></body></html>"""
 
 
 def parse_form(body: str) -> dict:
@@ -89,6 +105,7 @@ class StandinServer:
         self.httpd = ThreadingHTTPServer((host, port), handler)
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.state.page_base = self.url
 
     @property
     def url(self) -> str:
@@ -170,6 +187,9 @@ class _Handler(BaseHTTPRequestHandler):
         version = self.headers.get("Stripe-Version")
         state = self.standin.state
 
+        if split.path.startswith(("/c/pay/", "/p/session/")):
+            self._page(method, split.path)
+            return
         if not split.path.startswith("/_standin/"):
             auth = self.headers.get("Authorization", "")
             if not auth.startswith("Bearer sk_"):
@@ -207,6 +227,44 @@ class _Handler(BaseHTTPRequestHandler):
             if cache_key:
                 state.idempotent[cache_key] = (status, result)
         self._send(status, result)
+
+    def _page(self, method: str, path: str) -> None:
+        """The customer's side: a checkout page with a Pay button, and the portal."""
+        state = self.standin.state
+        kind, session_id = path.rsplit("/", 1)
+        with state.lock:
+            try:
+                if kind == "/c/pay" and method == "POST":
+                    session = state.get("checkout.session", session_id)
+                    self.standin.emit(state.complete_checkout(session_id), None)
+                    self._redirect(session["success_url"])
+                    return
+                if kind == "/c/pay":
+                    session = state.get("checkout.session", session_id)
+                    price = state.get("price", session["line_items_params"][0]["price"])
+                    body = CHECKOUT_PAGE.format(
+                        name=html.escape(price.get("nickname") or price["id"]),
+                        amount=price["unit_amount"] / 100,
+                        cancel=html.escape(session["cancel_url"] or "/"),
+                    )
+                else:
+                    portal = state.get("billing_portal.session", session_id)
+                    body = PORTAL_PAGE.format(back=html.escape(portal["return_url"] or "/"))
+            except StripeError as error:
+                self._send(error.status, error.body())
+                return
+        data = body.encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _redirect(self, url: str) -> None:
+        self.send_response(303)
+        self.send_header("Location", url)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
 
     def _route(self, method: str, path: str, params: dict, version: str | None) -> dict:
         state = self.standin.state

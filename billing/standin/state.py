@@ -55,6 +55,9 @@ def is_old_version(version: str | None) -> bool:
 
 class StandinState:
     def __init__(self, *, clock=time.time) -> None:
+        # Where the stand-in's own pages (checkout, portal) are served; set by
+        # the server once it knows its address.
+        self.page_base = "https://checkout.stripe.test"
         self.lock = threading.RLock()
         self.clock = clock
         self.objects: dict[str, dict[str, dict]] = {
@@ -274,7 +277,7 @@ class StandinState:
                 "success_url": params.get("success_url"),
                 "cancel_url": params.get("cancel_url"),
                 "line_items_params": items,
-                "url": f"https://checkout.stripe.test/c/pay/{session_id}",
+                "url": f"{self.page_base}/c/pay/{session_id}",
                 "created": self.now(),
                 "expires_at": self.now() + 24 * 3600,
                 "subscription": None,
@@ -292,7 +295,7 @@ class StandinState:
                 "object": "billing_portal.session",
                 "customer": params["customer"],
                 "return_url": params.get("return_url"),
-                "url": f"https://billing.stripe.test/p/session/{session_id}",
+                "url": f"{self.page_base}/p/session/{session_id}",
                 "created": self.now(),
                 "livemode": False,
             }
