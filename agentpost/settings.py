@@ -182,6 +182,11 @@ DJSTRIPE_FOREIGN_KEY_TO_FIELD = "id"
 DJSTRIPE_USE_NATIVE_JSONFIELD = True
 DJSTRIPE_WEBHOOK_VALIDATION = "verify_signature"
 
+# Soft usage counts made outside a transaction commit without waiting for the
+# WAL flush (usage/counting.py says why); a database server crash can then lose
+# the last fraction of a second of them.
+USAGE_SOFT_ASYNC_COMMIT = env.bool("USAGE_SOFT_ASYNC_COMMIT", default=True)
+
 # Outgoing webhooks may target loopback only when this is on (local development).
 WEBHOOKS_ALLOW_PRIVATE_TARGETS = env.bool(
     "WEBHOOKS_ALLOW_PRIVATE_TARGETS", default=False
@@ -206,7 +211,12 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_TIMEZONE = "UTC"
 # Each app's periodic work; django-celery-beat copies these into its tables.
-CELERY_BEAT_SCHEDULE: dict = {}
+CELERY_BEAT_SCHEDULE: dict = {
+    "usage-alerts": {
+        "task": "usage.tasks.check_usage_alerts",
+        "schedule": crontab(minute="*/15"),
+    },
+}
 
 # REST framework.
 REST_FRAMEWORK = {

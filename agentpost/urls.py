@@ -21,6 +21,11 @@ urlpatterns = [
     # Organizations
     path("organizations/<str:org_id>", orgs_api.OrganizationView.as_view()),
     path("organizations/<str:org_id>/usage", usage_api.UsageView.as_view()),
+    path(
+        "organizations/<str:org_id>/usage/history",
+        usage_api.UsageHistoryView.as_view(),
+    ),
+    path("organizations/<str:org_id>/settings", usage_api.SettingsView.as_view()),
 ]
 
 handler404 = "agentpost.views.not_found"
