@@ -54,6 +54,12 @@ def pick_shard() -> int:
     return random.randrange(SHARDS)
 
 
+def _db_datetime(value: datetime):
+    # As the ORM stores it (SQLite keeps naive UTC text), so raw and ORM
+    # queries find the same rows.
+    return connection.ops.adapt_datetimefield_value(value)
+
+
 def total(*, org_id: str, counter: str, period_start: datetime) -> int:
     """Return the counter's value: the sum of its shards."""
     counters, _ = _tables()
@@ -61,7 +67,7 @@ def total(*, org_id: str, counter: str, period_start: datetime) -> int:
         cursor.execute(
             f"SELECT COALESCE(SUM(value), 0) FROM {counters}"
             " WHERE org_id = %s AND counter = %s AND period_start = %s",
-            [org_id, counter, period_start],
+            [org_id, counter, _db_datetime(period_start)],
         )
         return int(cursor.fetchone()[0])
 
@@ -77,6 +83,8 @@ def add(
 ) -> int:
     """Add ``amount`` (may be negative) to one shard and the day; return the total."""
     counters, daily = _tables()
+    db_start = _db_datetime(period_start)
+    db_day = connection.ops.adapt_datefield_value(day)
     upsert_counter = (
         f"INSERT INTO {counters} (org_id, counter, period_start, shard, value)"
         " VALUES (%s, %s, %s, %s, %s)"
@@ -89,8 +97,8 @@ def add(
         " ON CONFLICT (org_id, counter, day, shard)"
         f" DO UPDATE SET value = {daily}.value + EXCLUDED.value"
     )
-    counter_params = [org_id, counter, period_start, shard, amount]
-    daily_params = [org_id, counter, day, shard, amount]
+    counter_params = [org_id, counter, db_start, shard, amount]
+    daily_params = [org_id, counter, db_day, shard, amount]
 
     if _is_postgres():
         # One round trip. The outer SELECT sees the table as it was before the
@@ -114,7 +122,7 @@ def add(
         with connection.cursor() as cursor:
             cursor.execute(
                 sql,
-                counter_params + daily_params + [org_id, counter, period_start, shard],
+                counter_params + daily_params + [org_id, counter, db_start, shard],
             )
             return int(cursor.fetchone()[0])
 
@@ -156,7 +164,7 @@ def add_within(
             f"INSERT INTO {counters} (org_id, counter, period_start, shard, value)"
             " VALUES (%s, %s, %s, 0, 0)"
             " ON CONFLICT (org_id, counter, period_start, shard) DO NOTHING",
-            [org_id, counter, period_start],
+            [org_id, counter, _db_datetime(period_start)],
         )
     return _add_within(
         org_id=org_id,
@@ -178,7 +186,8 @@ def _add_within(
     limit: int,
 ) -> int | None:
     counters, daily = _tables()
-    key = [org_id, counter, period_start]
+    key = [org_id, counter, _db_datetime(period_start)]
+    day = connection.ops.adapt_datefield_value(day)
     others = (
         f"SELECT COALESCE(SUM(value), 0) AS s FROM {counters}"
         " WHERE org_id = %s AND counter = %s AND period_start = %s AND shard <> 0"

@@ -118,11 +118,12 @@ def _charge_context_sql() -> str:
 
 
 def _as_datetime(value) -> datetime | None:
-    # Raw SQLite rows give text; PostgreSQL gives aware datetimes.
-    if value is None or isinstance(value, datetime):
-        return value
-    parsed = parse_datetime(value)
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed
+    # Raw SQLite rows give naive UTC datetimes (or text); PostgreSQL aware ones.
+    if value is None:
+        return None
+    if not isinstance(value, datetime):
+        value = parse_datetime(value)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
 
 def load_for_charge(
