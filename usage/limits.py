@@ -126,6 +126,11 @@ def _as_datetime(value) -> datetime | None:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
 
+def forced_plan() -> str | None:
+    """Return the plan every org is on regardless of its own, if any."""
+    return None if settings.BILLING_ENABLED else SELFHOSTED_PLAN
+
+
 def load_for_charge(
     *, org_id: str, counter: str, now: datetime
 ) -> tuple[Limit, Period]:
@@ -134,9 +139,8 @@ def load_for_charge(
     This runs on every API request, so it reads the org, its plan's limit and
     its override in one round trip instead of loading models.
     """
-    forced_plan = None if settings.BILLING_ENABLED else SELFHOSTED_PLAN
     with connection.cursor() as cursor:
-        cursor.execute(_charge_context_sql(), [forced_plan, counter, counter, org_id])
+        cursor.execute(_charge_context_sql(), [forced_plan(), counter, counter, org_id])
         row = cursor.fetchone()
     if row is None:
         raise Organization.DoesNotExist(org_id)

@@ -6,45 +6,30 @@ from datetime import UTC, datetime
 
 from agentpost import metering
 from usage import alerts, counting
-from usage.limits import load_for_charge
-from usage.periods import counter_period_start
+from usage.limits import Limit, forced_plan, load_for_charge, resolve
+from usage.periods import Period, counter_period_start, month_period, period_between
 
 
 class DatabaseMeter:
     """Count usage in the database, enforce hard limits, and notice crossings.
 
-    A charge costs two round trips: one to read the limit and period, one to
-    count. It runs in the caller's transaction when there is one, so a refused
-    or rolled-back operation leaves no count behind.
+    On PostgreSQL a charge is one round trip; on SQLite it reads the limits,
+    then counts. It runs in the caller's transaction when there is one, so a
+    refused or rolled-back operation leaves no count behind.
     """
 
     def charge(
         self, *, org_id: str, counter: str, amount: int, now: datetime, enforce: bool
     ) -> metering.Charge:
-        limit, period = load_for_charge(org_id=org_id, counter=counter, now=now)
-        period_start = counter_period_start(counter, period)
+        limit, period, current, refused = self._count(
+            org_id=org_id, counter=counter, amount=amount, now=now, enforce=enforce
+        )
         # storage_bytes is a level: it never resets.
         resets_at = None if counter == metering.STORAGE_BYTES else period.end
-        key = {"org_id": org_id, "counter": counter, "period_start": period_start}
-        day = now.astimezone(UTC).date()
-
-        if limit.is_hard and enforce:
-            current = counting.add_within(
-                **key, day=day, amount=amount, limit=limit.limit
+        if refused:
+            raise metering.QuotaExceeded(
+                counter=counter, limit=limit.limit, current=current, resets_at=resets_at
             )
-            if current is None:
-                raise metering.QuotaExceeded(
-                    counter=counter,
-                    limit=limit.limit,
-                    current=counting.total(**key),
-                    resets_at=resets_at,
-                )
-        else:
-            # An unenforced charge past a hard limit still goes to shard 0, so
-            # that concurrent ones are ordered and exactly the first ones fit.
-            shard = 0 if limit.is_hard else counting.pick_shard()
-            current = counting.add(**key, day=day, amount=amount, shard=shard)
-
         if limit.limit is not None and amount > 0:
             alerts.notice_crossing(
                 org_id=org_id,
@@ -63,12 +48,48 @@ class DatabaseMeter:
         )
 
     def credit(self, *, org_id: str, counter: str, amount: int, now: datetime) -> None:
-        limit, period = load_for_charge(org_id=org_id, counter=counter, now=now)
-        counting.add(
-            org_id=org_id,
-            counter=counter,
-            period_start=counter_period_start(counter, period),
-            day=now.astimezone(UTC).date(),
-            amount=-amount,
-            shard=0 if limit.is_hard else counting.pick_shard(),
+        self._count(
+            org_id=org_id, counter=counter, amount=-amount, now=now, enforce=False
         )
+
+    def _count(
+        self, *, org_id: str, counter: str, amount: int, now: datetime, enforce: bool
+    ) -> tuple[Limit, Period, int, bool]:
+        """Count and return (limit, period, total, refused)."""
+        day = now.astimezone(UTC).date()
+        if counting.is_postgres():
+            counted = counting.count_in_database(
+                org_id=org_id,
+                counter=counter,
+                plan=forced_plan(),
+                now=now,
+                month_start=month_period(now).start,
+                fixed_start=counter_period_start(counter, None),
+                day=day,
+                amount=amount,
+                enforce=enforce,
+            )
+            limit = resolve(counter, counted.plan, counted.override)
+            period = period_between(
+                counted.org_period_start, counted.org_period_end, now
+            )
+            return limit, period, counted.total, counted.refused
+
+        limit, period = load_for_charge(org_id=org_id, counter=counter, now=now)
+        key = {
+            "org_id": org_id,
+            "counter": counter,
+            "period_start": counter_period_start(counter, period),
+        }
+        if limit.is_hard and enforce:
+            current = counting.add_within(
+                **key, day=day, amount=amount, limit=limit.limit
+            )
+            if current is None:
+                return limit, period, counting.total(**key), True
+            return limit, period, current, False
+        # An unenforced charge past a hard limit still goes to shard 0, so that
+        # concurrent ones are ordered and exactly the first ones fit.
+        shard = 0 if limit.is_hard else counting.pick_shard()
+        current = counting.add(**key, day=day, amount=amount, shard=shard)
+        return limit, period, current, False

@@ -47,6 +47,11 @@ def current_period(org: Organization, now: datetime) -> Period:
     return period_between(org.current_period_start, org.current_period_end, now)
 
 
-def counter_period_start(counter: str, period: Period) -> datetime:
-    """Return the period_start a counter's rows are kept under."""
-    return LEVEL_PERIOD_START if counter == metering.STORAGE_BYTES else period.start
+def counter_period_start(counter: str, period: Period | None) -> datetime | None:
+    """Return the period_start a counter's rows are kept under.
+
+    A level's is fixed; without a period, a count's is None (not known yet).
+    """
+    if counter == metering.STORAGE_BYTES:
+        return LEVEL_PERIOD_START
+    return period.start if period else None
