@@ -315,7 +315,7 @@ def add_within(
         cursor.execute(
             f"UPDATE {counters} SET value = value + %s"
             " WHERE org_id = %s AND counter = %s AND period_start = %s AND shard = 0"
-            " AND value + %s + (SELECT COALESCE(SUM(value), 0) FROM {counters}"
+            f" AND value + %s + (SELECT COALESCE(SUM(value), 0) FROM {counters}"
             " WHERE org_id = %s AND counter = %s AND period_start = %s"
             " AND shard <> 0) <= %s",
             [amount, *key, amount, *key, limit],
