@@ -116,3 +116,44 @@ def test_concurrent_sends_through_the_api_stop_at_the_limit(billing, new_org, in
     assert statuses.count(202) == limit
     assert statuses.count(429) == 18 - limit
     assert new_org.org.messages.count() == limit
+
+
+def test_concurrent_checks_fire_an_alert_once(billing, org):
+    from agentpost.events.models import Event
+    from usage.alerts import check_usage_alerts
+    from usage.models import UsageCounter
+
+    set_plan_limit("free", "api_calls", 10, "hard")
+    UsageCounter.objects.create(
+        org=org,
+        counter="api_calls",
+        period_start=month_period(CURRENT_TIME).start,
+        shard=5,
+        value=10,
+    )
+
+    run_together(6, lambda i: check_usage_alerts(now=CURRENT_TIME))
+
+    assert Event.objects.filter(org=org, type="usage.warning").count() == 1
+    assert Event.objects.filter(org=org, type="usage.exceeded").count() == 1
+
+
+def test_concurrent_inbound_mail_holds_exactly_what_is_past_the_limit(
+    billing, org, inbox
+):
+    from agentpost.mail.inbound import store_inbound_mail
+
+    set_plan_limit("free", "messages_received", 7, "hard")
+    raw = f"From: a@example.com\r\nTo: {inbox.address}\r\nSubject: hi\r\n\r\nx\r\n"
+
+    def work(i: int) -> list[str]:
+        return [
+            store_inbound_mail(inbox=inbox, raw=raw.encode(), now=CURRENT_TIME).status
+            for _ in range(3)
+        ]
+
+    statuses = [s for r in run_together(6, work) for s in r]
+
+    assert statuses.count("received") == 7
+    assert statuses.count("held") == 11
+    assert org.messages.count() == 18
