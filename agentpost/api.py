@@ -233,6 +233,9 @@ class OrgAPIView(APIView):
 
     # Views that a suspended org must keep (billing, export) set this to True.
     allowed_when_suspended = False
+    # Views an org needs to see and lift its limits (usage, settings) set this to
+    # False: their api_calls are counted but never refused.
+    enforce_api_calls = True
 
     def initial(self, request, *args, **kwargs) -> None:
         super().initial(request, *args, **kwargs)
@@ -244,7 +247,12 @@ class OrgAPIView(APIView):
         ):
             raise OrgSuspended()
         request.charges = metering.collect_charges()
-        metering.charge(org_id=org.id, counter=metering.API_CALLS, now=timezone.now())
+        metering.charge(
+            org_id=org.id,
+            counter=metering.API_CALLS,
+            now=timezone.now(),
+            enforce=self.enforce_api_calls,
+        )
 
     def finalize_response(self, request, response, *args, **kwargs):
         response = super().finalize_response(request, response, *args, **kwargs)

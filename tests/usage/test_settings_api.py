@@ -91,8 +91,8 @@ def test_an_override_takes_effect_on_the_next_request(billing, api, org):
     api.get(url(org))
     api.patch(url(org), {"limits": {"api_calls": {"limit": 4}}})
 
-    assert api.get(url(org)).status_code == 200  # the 4th
-    refused = api.get(url(org))
+    assert api.get(f"/organizations/{org.id}").status_code == 200  # the 4th
+    refused = api.get(f"/organizations/{org.id}")
 
     assert refused.status_code == 429
     assert refused.json()["error"]["counter"] == "api_calls"
@@ -197,3 +197,14 @@ def test_staff_override_in_the_admin_is_audited_and_may_exceed_the_plan(
     assert entry.new["messages_sent"]["limit"] == 5000
     listing = client.get("/admin/usage/limitoverride/")
     assert org.name in listing.content.decode()
+
+
+def test_an_org_locked_out_by_its_own_cap_can_still_lift_it(billing, api, org):
+    api.patch(url(org), {"limits": {"api_calls": {"limit": 1}}})
+    assert api.get(f"/organizations/{org.id}").status_code == 429
+    assert api.get(f"/organizations/{org.id}/usage").status_code == 200
+
+    response = api.patch(url(org), {"limits": {"api_calls": {"limit": None}}})
+
+    assert response.status_code == 200
+    assert api.get(f"/organizations/{org.id}").status_code == 200
