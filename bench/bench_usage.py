@@ -7,6 +7,11 @@ hard counting paths at the same concurrency (with their totals checked), a hard
 limit hammered past its end (no overshoot), and the median latency of the
 cheapest authenticated endpoint with accounting on and off.
 
+Row 5 shows how to read the rest: when the baseline's rate times its CPU per
+increment approaches the CPU the machine has to spare, the hot row is limited by
+CPU rather than by its lock, and no design that commits one transaction per
+increment can triple it (each costs at least a bare UPDATE's CPU).
+
 Clients are processes (not threads, which would share one GIL) with their own
 connections. Every loop is bounded by a deadline and a maximum count. The run
 creates and drops its own database, ``agentpost_bench_usage``, on the server
@@ -33,6 +38,7 @@ HARD_ROOM = 2_000  # places left under the limit in the overshoot test
 HARD_TRIES_PER_CLIENT = 400
 LATENCY_REQUESTS = 600  # per side, in alternating blocks
 LATENCY_BLOCK = 50
+CPU_SAMPLES = 2_000
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
 
 
@@ -191,6 +197,46 @@ def _total(org_id: str) -> int:
     )
 
 
+def _cpu_per_increment(org_id: str) -> dict[str, tuple[float, float]] | None:
+    """Return {path: (client µs, server µs)} of CPU per increment, one at a time.
+
+    The server's CPU is read from /proc for the backend serving this connection,
+    so this needs the database on this machine; otherwise it returns None.
+    """
+    from django.db import connection
+
+    from agentpost import metering
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        stat = f"/proc/{cursor.fetchone()[0]}/stat"
+    if not os.path.exists(stat):
+        return None
+
+    def server_seconds() -> float:
+        fields = open(stat).read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def hot() -> None:
+        with connection.cursor() as cursor:
+            cursor.execute("UPDATE bench_hot SET value = value + 1 WHERE id = 1")
+
+    def soft() -> None:
+        metering.charge(org_id=org_id, counter="api_calls", now=NOW)
+
+    result = {}
+    for name, work in (("hot", hot), ("soft", soft)):
+        work()
+        client, server = time.process_time(), server_seconds()
+        for _ in range(CPU_SAMPLES):
+            work()
+        result[name] = (
+            (time.process_time() - client) * 1e6 / CPU_SAMPLES,
+            (server_seconds() - server) * 1e6 / CPU_SAMPLES,
+        )
+    return result
+
+
 def _latencies(token: str, org_id: str) -> tuple[float, float]:
     """Return the median latency in ms of GET /organizations/{id}: (off, on)."""
     from django.test import Client
@@ -292,6 +338,7 @@ def _measure() -> None:
     overshoot_total = _total(orgs["overshoot"])
 
     off_ms, on_ms = _latencies(orgs["latency_token"], orgs["latency"])
+    cpu = _cpu_per_increment(orgs["latency"])
 
     median = {kind: statistics.median(values) for kind, values in rates.items()}
     baseline = median["hot_raw"]
@@ -366,6 +413,12 @@ def _measure() -> None:
         f"<= +{allowed_ms:.2f} ms (max of 1 ms, 15 %)",
         overhead_ms <= allowed_ms,
     )
+    if cpu:
+        row(
+            "5. CPU per increment, one client: hot-row UPDATE / soft charge "
+            "(client + server)",
+            " / ".join(f"{c:.0f} + {v:.0f} µs" for c, v in (cpu["hot"], cpu["soft"])),
+        )
     print()
     print("Runs (per second):")
     for kind, values in rates.items():
