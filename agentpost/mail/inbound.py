@@ -155,9 +155,13 @@ def store_inbound_mail(*, inbox: Inbox, raw: bytes, now: datetime) -> Message:
         attachments = save_attachments(
             message=message, attachments=parsed.attachments, now=now
         )
-        metering.charge(
+        received = metering.charge(
             org_id=org_id, counter=metering.MESSAGES_RECEIVED, now=now, enforce=False
         )
+        if received is not None and received.over_limit:
+            # Past a hard limit: kept, but hidden until usage releases it.
+            message.status = Message.Status.HELD
+            message.save(update_fields=["status"])
         stored = sum(a.size_bytes for a in attachments)
         if stored:
             metering.charge(
@@ -167,17 +171,18 @@ def store_inbound_mail(*, inbox: Inbox, raw: bytes, now: datetime) -> Message:
                 now=now,
                 enforce=False,
             )
-        emit_event(
-            org=org_id,
-            type=MESSAGE_RECEIVED,
-            data={
-                "message_id": message.id,
-                "inbox_id": inbox.id,
-                "from": message.from_address,
-                "subject": message.subject,
-            },
-            now=now,
-        )
+        if message.status != Message.Status.HELD:  # released ones emit later
+            emit_event(
+                org=org_id,
+                type=MESSAGE_RECEIVED,
+                data={
+                    "message_id": message.id,
+                    "inbox_id": inbox.id,
+                    "from": message.from_address,
+                    "subject": message.subject,
+                },
+                now=now,
+            )
     logger.info(
         "inbound stored org=%s message=%s attachments=%d bytes=%d",
         org_id,
