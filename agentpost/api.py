@@ -233,6 +233,9 @@ class OrgAPIView(APIView):
 
     # Views that a suspended org must keep (billing, export) set this to True.
     allowed_when_suspended = False
+    # Views an org needs to see and lift its limits (usage, settings) set this to
+    # False: their api_calls are counted but never refused.
+    enforce_api_calls = True
 
     def initial(self, request, *args, **kwargs) -> None:
         super().initial(request, *args, **kwargs)
@@ -243,14 +246,23 @@ class OrgAPIView(APIView):
             and not self.allowed_when_suspended
         ):
             raise OrgSuspended()
-        request.quota = metering.charge(
-            org_id=org.id, counter=metering.API_CALLS, now=timezone.now()
+        request.charges = metering.collect_charges()
+        metering.charge(
+            org_id=org.id,
+            counter=metering.API_CALLS,
+            now=timezone.now(),
+            enforce=self.enforce_api_calls,
         )
 
     def finalize_response(self, request, response, *args, **kwargs):
         response = super().finalize_response(request, response, *args, **kwargs)
-        quota = getattr(request, "quota", None)
-        if quota is not None and quota.limit is not None:
+        metering.stop_collecting()
+        # Of the counters this request charged, show the one nearest its limit.
+        limited = [c for c in getattr(request, "charges", ()) if c.limit is not None]
+        quota = max(
+            limited, key=lambda c: c.current / c.limit if c.limit else 1.0, default=None
+        )
+        if quota is not None:
             response[QUOTA_HEADERS[0]] = quota.counter
             response[QUOTA_HEADERS[1]] = str(quota.limit)
             response[QUOTA_HEADERS[2]] = str(max(quota.limit - quota.current, 0))

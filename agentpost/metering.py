@@ -9,6 +9,7 @@ imports it. Without a meter installed, nothing is counted or refused.
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -42,12 +43,17 @@ class QuotaExceeded(Exception):
 
 @dataclass(frozen=True)
 class Charge:
-    """What a successful charge left behind, for response headers."""
+    """What a charge left behind, for response headers.
+
+    ``over_limit`` is true when an unenforced charge went past a hard limit (the
+    caller holds what it cannot refuse, such as inbound mail).
+    """
 
     counter: str
     current: int
     limit: int | None
     resets_at: datetime | None
+    over_limit: bool = False
 
 
 class Meter(Protocol):
@@ -72,6 +78,9 @@ class _NullMeter:
 
 
 _meter: Meter = _NullMeter()
+# The charges made while serving one API request, so that its response can carry
+# the quota state of the counter nearest its limit (see agentpost.api).
+_collected: ContextVar[list[Charge] | None] = ContextVar("charges", default=None)
 
 
 def install(meter: Meter) -> None:
@@ -89,9 +98,36 @@ def charge(
     that cannot be refused, such as inbound mail SES has already accepted).
     """
     assert counter in COUNTERS, counter
-    return _meter.charge(
-        org_id=org_id, counter=counter, amount=amount, now=now, enforce=enforce
-    )
+    collected = _collected.get()
+    try:
+        result = _meter.charge(
+            org_id=org_id, counter=counter, amount=amount, now=now, enforce=enforce
+        )
+    except QuotaExceeded as exc:
+        if collected is not None:
+            collected.append(
+                Charge(
+                    counter=exc.counter,
+                    current=exc.current,
+                    limit=exc.limit,
+                    resets_at=exc.resets_at,
+                )
+            )
+        raise
+    if collected is not None and result is not None:
+        collected.append(result)
+    return result
+
+
+def collect_charges() -> list[Charge]:
+    """Start collecting this context's charges into the returned list."""
+    charges: list[Charge] = []
+    _collected.set(charges)
+    return charges
+
+
+def stop_collecting() -> None:
+    _collected.set(None)
 
 
 def credit(*, org_id: str, counter: str, now: datetime, amount: int) -> None:

@@ -225,6 +225,10 @@ RETENTION_STATEMENT_TIMEOUT_MS = env.int(
 RETENTION_ORPHAN_MIN_AGE_HOURS = env.int("RETENTION_ORPHAN_MIN_AGE_HOURS", default=24)
 # An export holds off file deletion in its org until it ends or this passes.
 RETENTION_EXPORT_LEASE_HOURS = env.int("RETENTION_EXPORT_LEASE_HOURS", default=12)
+# Soft usage counts made outside a transaction commit without waiting for the
+# WAL flush (usage/counting.py says why); a database server crash can then lose
+# the last fraction of a second of them.
+USAGE_SOFT_ASYNC_COMMIT = env.bool("USAGE_SOFT_ASYNC_COMMIT", default=True)
 
 # Outgoing webhooks may target loopback only when this is on (local development).
 WEBHOOKS_ALLOW_PRIVATE_TARGETS = env.bool(
@@ -283,6 +287,10 @@ CELERY_BEAT_SCHEDULE: dict = {
     "retention-orphan-sweep": {
         "task": "retention.tasks.sweep_orphan_files",
         "schedule": crontab(hour=4, minute=10),
+    },
+    "usage-alerts": {
+        "task": "usage.tasks.check_usage_alerts",
+        "schedule": crontab(minute="*/15"),
     },
 }
 

@@ -48,6 +48,11 @@ urlpatterns = [
         retention_api.RetentionPolicyView.as_view(),
     ),
     path("organizations/<str:org_id>/export", retention_api.ExportView.as_view()),
+    path(
+        "organizations/<str:org_id>/usage/history",
+        usage_api.UsageHistoryView.as_view(),
+    ),
+    path("organizations/<str:org_id>/settings", usage_api.SettingsView.as_view()),
 ]
 
 handler404 = "agentpost.views.not_found"

@@ -19,8 +19,7 @@ from billing.models import (
 @admin.register(PlanPrice)
 class PlanPriceAdmin(admin.ModelAdmin):
     list_display = [
-        "plan_code",
-        "name",
+        "plan",
         "unit_amount_cents",
         "interval",
         "lookup_key",

@@ -8,6 +8,7 @@ from rest_framework.response import Response
 from agentpost.api import ApiError, OrgAPIView, StrictSerializer
 from billing import services, stripe_api
 from billing.models import OrgSubscription, PlanPrice
+from usage.models import Plan
 
 HTTP_URL = URLValidator(schemes=["http", "https"])
 
@@ -72,14 +73,19 @@ class BillingView(OrgAPIView):
         return f"{settings.SITE_URL}/console/billing/?checkout={state}"
 
 
+def plan_name(code: str) -> str:
+    plan = Plan.objects.filter(code=code).first()
+    return plan.name if plan else code.title()
+
+
 def subscription_body(org) -> dict:
     account = OrgSubscription.objects.filter(org=org).first()
-    price = PlanPrice.objects.filter(plan_code=org.plan).first()
+    price = PlanPrice.objects.filter(plan_id=org.plan).first()
     return {
         "status": account.status if account and account.status else "none",
         "plan": {
             "code": org.plan,
-            "name": price.name if price else org.plan.title(),
+            "name": price.plan.name if price else plan_name(org.plan),
             "price_cents": price.unit_amount_cents if price else 0,
             "currency": "usd",
             "interval": price.interval if price else None,

@@ -42,7 +42,7 @@ def grace_period(org: Organization) -> timedelta:
     account = OrgSubscription.objects.filter(org=org).first()
     if account and account.grace_period_days is not None:
         return timedelta(days=account.grace_period_days)
-    price = PlanPrice.objects.filter(plan_code=org.plan).first()
+    price = PlanPrice.objects.filter(plan_id=org.plan).first()
     if price and price.grace_period_days is not None:
         return timedelta(days=price.grace_period_days)
     return timedelta(days=settings.BILLING_GRACE_PERIOD_DAYS)

@@ -14,8 +14,9 @@ class PlanPrice(models.Model):
         MONTH = "month"
         YEAR = "year"
 
-    plan_code = models.CharField(max_length=50, unique=True)
-    name = models.CharField(max_length=100)
+    plan = models.OneToOneField(
+        "usage.Plan", primary_key=True, on_delete=models.CASCADE, related_name="price"
+    )
     lookup_key = models.CharField(max_length=100, unique=True)
     unit_amount_cents = models.PositiveIntegerField()
     interval = models.CharField(
@@ -34,7 +35,11 @@ class PlanPrice(models.Model):
         ordering = ["sort_order", "unit_amount_cents"]
 
     def __str__(self) -> str:
-        return f"{self.name} ({self.lookup_key})"
+        return f"{self.plan_id} ({self.lookup_key})"
+
+    @property
+    def name(self) -> str:
+        return self.plan.name
 
 
 class StripeEvent(models.Model):

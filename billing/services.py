@@ -89,9 +89,7 @@ def sync_invoice_history(invoice) -> None:
 
 def price_for_plan(plan_code: str) -> PlanPrice:
     price = (
-        PlanPrice.objects.filter(plan_code=plan_code)
-        .exclude(stripe_price_id="")
-        .first()
+        PlanPrice.objects.filter(plan_id=plan_code).exclude(stripe_price_id="").first()
     )
     if price is None:
         raise BillingConflict(
@@ -107,7 +105,7 @@ def plan_for_price(price) -> str | None:
     match = PlanPrice.objects.filter(stripe_price_id=price_id).first()
     if match is None and lookup_key:
         match = PlanPrice.objects.filter(lookup_key=lookup_key).first()
-    return match.plan_code if match else None
+    return match.plan_id if match else None
 
 
 # The billing API's actions
@@ -208,7 +206,7 @@ def change_plan(
             plan_code, amount, invoice.get("currency", "usd"), proration_date, False
         )
 
-    current = PlanPrice.objects.filter(plan_code=account.plan_code).first()
+    current = PlanPrice.objects.filter(plan_id=account.plan_code).first()
     upgrade = current is None or price.unit_amount_cents > current.unit_amount_cents
     updated = stripe_api.update_subscription(
         subscription.id,
@@ -268,7 +266,7 @@ def upcoming_amount_cents(*, org: Organization) -> int | None:
     account = OrgSubscription.objects.filter(org=org).first()
     if account is None or not account.is_live or account.cancel_at_period_end:
         return None
-    price = PlanPrice.objects.filter(plan_code=account.plan_code).first()
+    price = PlanPrice.objects.filter(plan_id=account.plan_code).first()
     return price.unit_amount_cents if price else None
 
 
@@ -411,8 +409,8 @@ def sync_plans() -> list[tuple[str, str]]:
     the lookup key over) only when the amount or interval changed.
     """
     results = []
-    for plan in PlanPrice.objects.all():
-        product_id = f"agentpost-{plan.plan_code}"
+    for plan in PlanPrice.objects.select_related("plan"):
+        product_id = f"agentpost-{plan.plan_id}"
         if stripe_api.retrieve_product(product_id=product_id) is None:
             stripe_api.create_product(
                 product_id=product_id, name=f"AgentPost {plan.name}"
@@ -436,6 +434,6 @@ def sync_plans() -> list[tuple[str, str]]:
         PlanPrice.objects.filter(pk=plan.pk).update(
             stripe_product_id=product_id, stripe_price_id=price.id
         )
-        results.append((plan.plan_code, outcome))
+        results.append((plan.plan_id, outcome))
     logger.info("plans synced count=%d", len(results))
     return results

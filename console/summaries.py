@@ -60,13 +60,23 @@ def summary_context(*, org: Organization, now: datetime) -> dict:
                 "change": this_week - last_week,
             }
         )
-        if row["percentage"] is not None and row["percentage"] >= limit.warning_threshold:
+        if (
+            row["percentage"] is not None
+            and row["percentage"] >= limit.warning_threshold
+        ):
             verb = "has reached" if row["percentage"] >= 100 else "is at"
-            attention.append(f"{label} {verb} {row['percentage']}% of the plan's limit.")
+            attention.append(
+                f"{label} {verb} {row['percentage']}% of the plan's limit."
+            )
     if banner := dunning_banner(org):
         attention.insert(0, f"{banner.title} {banner.body}")
-    return {"org": org, "rows": rows, "attention": attention, "period": usage["period"],
-            "site_url": settings.SITE_URL}
+    return {
+        "org": org,
+        "rows": rows,
+        "attention": attention,
+        "period": usage["period"],
+        "site_url": settings.SITE_URL,
+    }
 
 
 def send_weekly_summaries(*, now: datetime) -> int:
@@ -74,8 +84,9 @@ def send_weekly_summaries(*, now: datetime) -> int:
     week = week_start(now)
     sent = 0
     owners = (
-        Membership.objects.filter(role=Membership.Role.OWNER, weekly_summary=True,
-                                  user__is_active=True)
+        Membership.objects.filter(
+            role=Membership.Role.OWNER, weekly_summary=True, user__is_active=True
+        )
         .exclude(user__email="")
         .select_related("org", "user")
         .order_by("org_id")
@@ -85,7 +96,10 @@ def send_weekly_summaries(*, now: datetime) -> int:
         try:
             with transaction.atomic():
                 WeeklySummary.objects.create(
-                    org=membership.org, user=membership.user, week_start=week, sent_at=now
+                    org=membership.org,
+                    user=membership.user,
+                    week_start=week,
+                    sent_at=now,
                 )
         except IntegrityError:
             continue  # sent already this week

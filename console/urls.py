@@ -35,7 +35,11 @@ urlpatterns = [
     path("retention/export/", views.retention_export, name="retention_export"),
     path("webhooks/", views.webhooks_page, name="webhooks"),
     path("webhooks/create/", views.webhooks_create, name="webhooks_create"),
-    path("webhooks/<str:endpoint_id>/delete/", views.webhooks_delete, name="webhooks_delete"),
+    path(
+        "webhooks/<str:endpoint_id>/delete/",
+        views.webhooks_delete,
+        name="webhooks_delete",
+    ),
     path(
         "webhooks/deliveries/<str:delivery_id>/replay/",
         views.webhooks_replay,

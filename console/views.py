@@ -5,8 +5,8 @@ from __future__ import annotations
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.paginator import Paginator
 from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
 from django.http import HttpResponseRedirect, JsonResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
@@ -96,7 +96,7 @@ def plan_table(*, current: str) -> list[dict]:
     """The plans side by side: price, limits, and what choosing each one means."""
     from usage.plans import plan_rows
 
-    prices = {p.plan_code: p for p in PlanPrice.objects.all()}
+    prices = {p.plan_id: p for p in PlanPrice.objects.all()}
     current_price = prices.get(current)
     rows = []
     for row in plan_rows():
@@ -165,7 +165,7 @@ def billing_change(request):
         {
             "section": "billing",
             "change": change,
-            "price": PlanPrice.objects.filter(plan_code=plan).first(),
+            "price": PlanPrice.objects.filter(plan_id=plan).first(),
             "subscription": subscription_body(org),
             "nonce": timezone.now().timestamp(),
         },
@@ -274,7 +274,9 @@ def retention_page(request):
             error = f"Enter a whole number of days from 1 to {settings.RETENTION_MAX_DAYS}, or leave it empty to keep everything."
         else:
             if request.POST.get("confirm") == "yes":
-                retention.set_policy(org=org, retention_days=days, now=now, actor=request.user)
+                retention.set_policy(
+                    org=org, retention_days=days, now=now, actor=request.user
+                )
                 messages.success(
                     request,
                     "Messages are now kept forever."
@@ -284,7 +286,9 @@ def retention_page(request):
                 return redirect("console:retention")
             proposed = {
                 "days": days,
-                "preview": retention.preview_policy(org=org, retention_days=days, now=now),
+                "preview": retention.preview_policy(
+                    org=org, retention_days=days, now=now
+                ),
             }
     return render(
         request,
@@ -297,7 +301,9 @@ def retention_page(request):
             "error": error,
             "notice_days": settings.RETENTION_NOTICE_DAYS,
             "max_days": settings.RETENTION_MAX_DAYS,
-            "receipts": RetentionRun.objects.filter(org=org).order_by("-started_at")[:20],
+            "receipts": RetentionRun.objects.filter(org=org).order_by("-started_at")[
+                :20
+            ],
         },
     )
 
@@ -374,7 +380,9 @@ def webhooks_create(request):
 @owner_required
 @require_POST
 def webhooks_delete(request, endpoint_id: str):
-    endpoint = get_object_or_404(WebhookEndpoint, pk=endpoint_id, org=request.console.org)
+    endpoint = get_object_or_404(
+        WebhookEndpoint, pk=endpoint_id, org=request.console.org
+    )
     events.delete_endpoint(endpoint=endpoint, now=timezone.now(), actor=request.user)
     messages.success(request, "The endpoint is deleted.")
     return redirect("console:webhooks")
@@ -429,7 +437,9 @@ def usage_meters(org, now) -> list[dict]:
                 "percentage": percentage,
                 "bar": min(percentage or 0, 100),
                 "mode": limit.mode if limit.limit is not None else None,
-                "threshold": limit.warning_threshold if limit.limit is not None else None,
+                "threshold": limit.warning_threshold
+                if limit.limit is not None
+                else None,
                 "state": state,
                 "is_bytes": counter == "storage_bytes",
             }

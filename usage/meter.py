@@ -1,74 +1,101 @@
+"""The meter the core charges through (installed by ``usage.apps``)."""
+
 from __future__ import annotations
 
-from datetime import datetime
-
-from django.db import IntegrityError, transaction
-from django.db.models import F
+from datetime import UTC, datetime
 
 from agentpost import metering
 from agentpost.orgs.models import Organization
-from usage.models import UsageCounter
-from usage.periods import LEVEL_PERIOD_START, current_period
-
-
-def period_start_for(org: Organization, counter: str, now: datetime) -> datetime:
-    if counter == metering.STORAGE_BYTES:
-        return LEVEL_PERIOD_START
-    return current_period(org, now).start
-
-
-def add(*, org_id: str, counter: str, period_start: datetime, amount: int) -> int:
-    """Add ``amount`` to one counter row atomically and return the new value."""
-    rows = UsageCounter.objects.filter(
-        org_id=org_id, counter=counter, period_start=period_start
-    )
-    for _ in range(2):
-        if rows.update(value=F("value") + amount):
-            return rows.values_list("value", flat=True).get()
-        try:
-            with transaction.atomic():
-                UsageCounter.objects.create(
-                    org_id=org_id,
-                    counter=counter,
-                    period_start=period_start,
-                    value=amount,
-                )
-            return amount
-        except IntegrityError:
-            continue  # another request created the row first: update it
-    raise RuntimeError("usage counter row could not be written")
+from usage import alerts, counting
+from usage.limits import Limit, forced_plan, load_for_charge, resolve
+from usage.periods import Period, counter_period_start, month_period, period_between
 
 
 class DatabaseMeter:
-    """Count usage in the database, in the caller's transaction."""
+    """Count usage in the database, enforce hard limits, and notice crossings.
+
+    On PostgreSQL a charge is one round trip; on SQLite it reads the limits,
+    then counts. It runs in the caller's transaction when there is one, so a
+    refused or rolled-back operation leaves no count behind.
+    """
 
     def charge(
         self, *, org_id: str, counter: str, amount: int, now: datetime, enforce: bool
     ) -> metering.Charge:
-        org = Organization.objects.only(
-            "id", "current_period_start", "current_period_end"
-        ).get(pk=org_id)
-        period_start = period_start_for(org, counter, now)
-        value = add(
-            org_id=org_id, counter=counter, period_start=period_start, amount=amount
+        limit, period, current, refused = self._count(
+            org_id=org_id, counter=counter, amount=amount, now=now, enforce=enforce
         )
-        period = current_period(org, now)
+        # storage_bytes is a level: it never resets.
+        resets_at = None if counter == metering.STORAGE_BYTES else period.end
+        if refused:
+            raise metering.QuotaExceeded(
+                counter=counter, limit=limit.limit, current=current, resets_at=resets_at
+            )
+        if limit.limit is not None and amount > 0:
+            alerts.notice_crossing(
+                org_id=org_id,
+                limit=limit,
+                period=period,
+                before=current - amount,
+                after=current,
+                now=now,
+            )
         return metering.Charge(
-            counter=counter, current=value, limit=None, resets_at=period.end
+            counter=counter,
+            current=current,
+            limit=limit.limit,
+            resets_at=resets_at,
+            over_limit=limit.is_hard and current > limit.limit,
         )
 
     def credit(self, *, org_id: str, counter: str, amount: int, now: datetime) -> None:
-        org = Organization.objects.only(
-            "id", "current_period_start", "current_period_end"
-        ).get(pk=org_id)
-        add(
-            org_id=org_id,
-            counter=counter,
-            period_start=period_start_for(org, counter, now),
-            amount=-amount,
+        self._count(
+            org_id=org_id, counter=counter, amount=-amount, now=now, enforce=False
         )
 
-    def release_held(self, *, org_id: str, now: datetime) -> int:
-        from agentpost.mail.inbound import release_held_messages
+    def _count(
+        self, *, org_id: str, counter: str, amount: int, now: datetime, enforce: bool
+    ) -> tuple[Limit, Period, int, bool]:
+        """Count and return (limit, period, total, refused)."""
+        day = now.astimezone(UTC).date()
+        if counting.is_postgres():
+            counted = counting.count_in_database(
+                org_id=org_id,
+                counter=counter,
+                plan=forced_plan(),
+                now=now,
+                month_start=month_period(now).start,
+                fixed_start=counter_period_start(counter, None),
+                day=day,
+                amount=amount,
+                enforce=enforce,
+            )
+            limit = resolve(counter, counted.plan, counted.override)
+            period = period_between(
+                counted.org_period_start, counted.org_period_end, now
+            )
+            return limit, period, counted.total, counted.refused
 
-        return release_held_messages(org_id=org_id, now=now)
+        limit, period = load_for_charge(org_id=org_id, counter=counter, now=now)
+        key = {
+            "org_id": org_id,
+            "counter": counter,
+            "period_start": counter_period_start(counter, period),
+        }
+        if limit.is_hard and enforce:
+            current = counting.add_within(
+                **key, day=day, amount=amount, limit=limit.limit
+            )
+            if current is None:
+                return limit, period, counting.total(**key), True
+            return limit, period, current, False
+        # An unenforced charge past a hard limit still goes to shard 0, so that
+        # concurrent ones are ordered and exactly the first ones fit.
+        shard = 0 if limit.is_hard else counting.pick_shard()
+        current = counting.add(**key, day=day, amount=amount, shard=shard)
+        return limit, period, current, False
+
+    def release_held(self, *, org_id: str, now: datetime) -> int:
+        from usage.alerts import release_held_mail
+
+        return release_held_mail(org=Organization.objects.get(pk=org_id), now=now)

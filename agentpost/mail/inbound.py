@@ -125,7 +125,8 @@ def find_inbox(recipients: list[str]) -> Inbox | None:
     return None
 
 
-def _received_data(message: Message) -> dict:
+def received_event_data(message: Message) -> dict:
+    """The data of a message.received event."""
     return {
         "message_id": message.id,
         "inbox_id": message.inbox_id,
@@ -167,9 +168,13 @@ def store_inbound_mail(*, inbox: Inbox, raw: bytes, now: datetime) -> Message:
         attachments = save_attachments(
             message=message, attachments=parsed.attachments, now=now
         )
-        metering.charge(
+        received = metering.charge(
             org_id=org_id, counter=metering.MESSAGES_RECEIVED, now=now, enforce=False
         )
+        if received is not None and received.over_limit:
+            # Past a hard limit: kept, but hidden until usage releases it.
+            message.status = Message.Status.HELD
+            message.save(update_fields=["status"])
         stored = sum(a.size_bytes for a in attachments)
         if stored:
             metering.charge(
@@ -179,9 +184,12 @@ def store_inbound_mail(*, inbox: Inbox, raw: bytes, now: datetime) -> Message:
                 now=now,
                 enforce=False,
             )
-        if message.status == Message.Status.RECEIVED:
+        if message.status != Message.Status.HELD:  # held mail is announced on release
             emit_event(
-                org=org_id, type=MESSAGE_RECEIVED, data=_received_data(message), now=now
+                org=org_id,
+                type=MESSAGE_RECEIVED,
+                data=received_event_data(message),
+                now=now,
             )
     logger.info(
         "inbound stored org=%s message=%s attachments=%d bytes=%d",
@@ -191,29 +199,3 @@ def store_inbound_mail(*, inbox: Inbox, raw: bytes, now: datetime) -> Message:
         len(raw),
     )
     return message
-
-
-def release_held_messages(
-    *, org_id: str, now: datetime, limit: int | None = None
-) -> int:
-    """Show held inbound messages again (oldest first) and announce them."""
-    held = Message.objects.filter(
-        org_id=org_id, direction=Message.Direction.INBOUND, status=Message.Status.HELD
-    ).order_by("pk")
-    released = 0
-    for message in held[:limit] if limit is not None else held.iterator():
-        with transaction.atomic():
-            claimed = Message.objects.filter(
-                pk=message.pk, status=Message.Status.HELD
-            ).update(status=Message.Status.RECEIVED)
-            if claimed:
-                emit_event(
-                    org=org_id,
-                    type=MESSAGE_RECEIVED,
-                    data=_received_data(message),
-                    now=now,
-                )
-                released += 1
-    if released:
-        logger.info("held messages released org=%s count=%d", org_id, released)
-    return released

@@ -249,7 +249,9 @@ class _Handler(BaseHTTPRequestHandler):
                     )
                 else:
                     portal = state.get("billing_portal.session", session_id)
-                    body = PORTAL_PAGE.format(back=html.escape(portal["return_url"] or "/"))
+                    body = PORTAL_PAGE.format(
+                        back=html.escape(portal["return_url"] or "/")
+                    )
             except StripeError as error:
                 self._send(error.status, error.body())
                 return

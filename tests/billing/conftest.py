@@ -10,11 +10,13 @@ from django.core.management import call_command
 
 from billing.models import PlanPrice
 from billing.standin.server import StandinServer, sign_payload
+from usage.models import Plan, PlanLimit
+from usage.plans import seed_plans
 
 WEBHOOK_SECRET = "whsec_test_standin_secret"
 PLANS = [
-    ("starter", "Starter", 1900, 1),
-    ("pro", "Pro", 9900, 2),
+    ("starter", 1900, 1),
+    ("pro", 9900, 2),
 ]
 
 
@@ -31,18 +33,19 @@ def stripe_standin(settings):
 
 @pytest.fixture
 def plans(stripe_standin, db):
-    for code, name, cents, order in PLANS:
+    # The test database is built without migrations: seed what they would.
+    seed_plans(Plan, PlanLimit)
+    for code, cents, order in PLANS:
         PlanPrice.objects.update_or_create(
-            plan_code=code,
+            plan_id=code,
             defaults={
-                "name": name,
                 "lookup_key": f"agentpost_{code}_monthly",
                 "unit_amount_cents": cents,
                 "sort_order": order,
             },
         )
     call_command("billing_sync_plans", stdout=open("/dev/null", "w"))
-    return {p.plan_code: p for p in PlanPrice.objects.all()}
+    return {p.plan_id: p for p in PlanPrice.objects.all()}
 
 
 def control(server: StandinServer, path: str, **params) -> dict:

@@ -218,7 +218,7 @@ def test_the_grace_period_follows_org_then_plan_then_setting(org, settings, plan
     settings.BILLING_GRACE_PERIOD_DAYS = 7
     org.plan = "pro"
     assert dunning.grace_period(org) == timedelta(days=7)
-    PlanPrice.objects.filter(plan_code="pro").update(grace_period_days=14)
+    PlanPrice.objects.filter(plan_id="pro").update(grace_period_days=14)
     assert dunning.grace_period(org) == timedelta(days=14)
     OrgSubscription.objects.create(
         org=org, stripe_customer_id="cus_x", grace_period_days=3
@@ -275,7 +275,7 @@ def test_fixtures_12_and_13_past_due_and_back(
     org, plans, stripe_standin, deliver, clock
 ):
     link(org, "cus_fake", subscription_id="sub_fake_999")
-    PlanPrice.objects.filter(plan_code="pro").update(stripe_price_id="price_fake")
+    PlanPrice.objects.filter(plan_id="pro").update(stripe_price_id="price_fake")
     DunningCase.objects.create(
         org=org,
         invoice_id="in_fake",

@@ -184,7 +184,7 @@ def test_a_failed_event_is_recorded_and_can_be_replayed(
 
     link(org, "cus_fake", subscription_id="sub_fake_999")
     stripe_standin.state.seed(subscription_like("10"))
-    PlanPrice.objects.filter(plan_code="pro").update(stripe_price_id="price_fake")
+    PlanPrice.objects.filter(plan_id="pro").update(stripe_price_id="price_fake")
     stripe_standin.state.fail_next.extend([StripeError(500, "down")] * 3)
     deliver(fixture("10"))
     row = StripeEvent.objects.get()
@@ -201,7 +201,7 @@ def test_a_failed_event_is_recorded_and_can_be_replayed(
 
 def test_an_old_shape_renewal_moves_the_period(org, plans, stripe_standin, deliver):
     link(org, "cus_fake", subscription_id="sub_fake_999")
-    PlanPrice.objects.filter(plan_code="pro").update(stripe_price_id="price_fake")
+    PlanPrice.objects.filter(plan_id="pro").update(stripe_price_id="price_fake")
     stripe_standin.state.seed(subscription_like("10"))
     deliver(fixture("10"))
     org.refresh_from_db()
@@ -215,7 +215,7 @@ def test_a_new_shape_renewal_reads_the_period_from_items(
 ):
     obj = fixture("11")["data"]["object"]
     link(org, obj["customer"], subscription_id=obj["id"])
-    PlanPrice.objects.filter(plan_code="pro").update(
+    PlanPrice.objects.filter(plan_id="pro").update(
         stripe_price_id=obj["items"]["data"][0]["price"]["id"]
     )
     stripe_standin.state.seed(obj)
@@ -232,7 +232,7 @@ def test_a_subscription_with_two_prices_finds_its_plan(
     link(org, obj["customer"], subscription_id=obj["id"], plan="starter")
     second_price = obj["items"]["data"][1]
     second_price_id = (second_price.get("price") or second_price["plan"])["id"]
-    PlanPrice.objects.filter(plan_code="pro").update(stripe_price_id=second_price_id)
+    PlanPrice.objects.filter(plan_id="pro").update(stripe_price_id=second_price_id)
     stripe_standin.state.seed(obj)
     deliver(fixture("15"))
     org.refresh_from_db()
@@ -250,7 +250,7 @@ def test_checkout_completion_links_the_subscription(
             "10", id=session["subscription"], customer=session["customer"]
         )
     )
-    PlanPrice.objects.filter(plan_code="pro").update(stripe_price_id="price_fake")
+    PlanPrice.objects.filter(plan_id="pro").update(stripe_price_id="price_fake")
     deliver(event)
     account = OrgSubscription.objects.get(org=org)
     assert account.stripe_customer_id == session["customer"]

@@ -8,8 +8,13 @@ from django.test import Client
 from agentpost.orgs.models import ApiKey
 from retention.models import RetentionPolicy
 
-PAGES = ["/console/usage/", "/console/billing/", "/console/retention/", "/console/keys/",
-         "/console/webhooks/"]
+PAGES = [
+    "/console/usage/",
+    "/console/billing/",
+    "/console/retention/",
+    "/console/keys/",
+    "/console/webhooks/",
+]
 
 
 def test_pages_need_a_login(db):
@@ -65,7 +70,12 @@ def test_a_member_can_look_but_not_change(member_client, org):
     assert member_client.post("/console/keys/create/", {"name": "x"}).status_code == 403
     key = ApiKey.objects.get(org=org)
     assert member_client.post(f"/console/keys/{key.id}/revoke/").status_code == 403
-    assert member_client.post("/console/retention/", {"retention_days": "5", "confirm": "yes"}).status_code == 403
+    assert (
+        member_client.post(
+            "/console/retention/", {"retention_days": "5", "confirm": "yes"}
+        ).status_code
+        == 403
+    )
     assert not RetentionPolicy.objects.filter(org=org).exists()
     assert member_client.get("/console/retention/export/").status_code == 403
     assert ApiKey.objects.get(pk=key.pk).revoked_at is None
@@ -88,7 +98,9 @@ def test_the_switcher_moves_between_ones_own_orgs(owner_client, owner):
     from agentpost.orgs.services import create_org
 
     second = create_org(name="Second Org", owner_email=owner.email).org
-    owner_client.post("/console/switch/", {"org_id": second.id, "next": "/console/keys/"})
+    owner_client.post(
+        "/console/switch/", {"org_id": second.id, "next": "/console/keys/"}
+    )
     page = owner_client.get("/console/keys/").content.decode()
     assert f'value="{second.id}" selected' in page
 
