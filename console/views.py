@@ -25,10 +25,12 @@ from billing.api import subscription_body
 from billing.models import OrgSubscription, PlanPrice
 from console.access import SESSION_KEY, member_required, owner_required
 from console.charts import bar_chart
+from console.templatetags.humanize_bytes import format_bytes
 from retention import services as retention
 from retention.export import export_filename, stream_export
 from retention.models import RetentionRun
-from usage.limits import get_limits
+from usage.limits import SELFHOSTED_PLAN, get_limits
+from usage.models import Plan
 from usage.services import get_usage, get_usage_history
 
 INVOICES_PER_PAGE = 10
@@ -94,15 +96,24 @@ def billing_page(request):
 
 def plan_table(*, current: str) -> list[dict]:
     """The plans side by side: price, limits, and what choosing each one means."""
-    from usage.plans import plan_rows
-
     prices = {p.plan_id: p for p in PlanPrice.objects.all()}
     current_price = prices.get(current)
+    plans = Plan.objects.exclude(code=SELFHOSTED_PLAN).prefetch_related("limits")
     rows = []
-    for row in plan_rows():
-        price = prices.get(row["code"])
-        row["price"] = price
-        row["is_current"] = row["code"] == current
+    for plan in sorted(plans, key=lambda p: _monthly_cents(prices.get(p.code))):
+        price = prices.get(plan.code)
+        limits = {limit.counter: limit for limit in plan.limits.all()}
+        row = {
+            "code": plan.code,
+            "name": plan.name,
+            "price": price,
+            "is_current": plan.code == current,
+            "action": None,
+            "limits": [
+                _limit_cell(counter, label, limits.get(counter))
+                for counter, label in COUNTER_LABELS.items()
+            ],
+        }
         if price and not row["is_current"]:
             cheaper = (
                 current_price
@@ -111,6 +122,19 @@ def plan_table(*, current: str) -> list[dict]:
             row["action"] = "downgrade" if cheaper else "upgrade"
         rows.append(row)
     return rows
+
+
+def _monthly_cents(price) -> int:
+    return price.unit_amount_cents if price else 0
+
+
+def _limit_cell(counter: str, label: str, limit) -> dict:
+    if limit is None or limit.limit is None:
+        return {"label": label, "display": "Unlimited", "mode": ""}
+    shown = (
+        format_bytes(limit.limit) if counter == "storage_bytes" else f"{limit.limit:,}"
+    )
+    return {"label": label, "display": shown, "mode": limit.mode}
 
 
 @owner_required
