@@ -21,7 +21,7 @@ from agentpost.orgs.models import ApiKey, Membership
 from agentpost.orgs.services import create_api_key, revoke_api_key
 from billing import services as billing
 from billing import stripe_api
-from billing.api import subscription_body
+from billing.api import plan_name, subscription_body
 from billing.models import OrgSubscription, PlanPrice
 from console.access import SESSION_KEY, member_required, owner_required
 from console.charts import bar_chart
@@ -170,7 +170,9 @@ def billing_change(request):
                 actor=request.user,
                 client_key=request.POST.get("nonce"),
             )
-            messages.success(request, f"Your plan is now {change.plan_code}.")
+            messages.success(
+                request, f"Your plan is now {plan_name(change.plan_code)}."
+            )
             return redirect("console:billing")
         change = billing.change_plan(
             org=org,

@@ -101,6 +101,11 @@ class StandinServer:
         self.webhook_url = webhook_url
         self.webhook_secret = webhook_secret
         self.event_version = event_version
+        self.outbox: list[dict] = []
+        self.outbox_ready = threading.Condition()
+        self.delivering = False
+        self.stopping = False
+        self.poster = threading.Thread(target=self._deliver_forever, daemon=True)
         handler = type("Handler", (_Handler,), {"standin": self})
         self.httpd = ThreadingHTTPServer((host, port), handler)
         self.httpd.daemon_threads = True
@@ -114,22 +119,54 @@ class StandinServer:
 
     def start(self) -> StandinServer:
         self.thread.start()
+        self.poster.start()
         return self
 
     def stop(self) -> None:
+        with self.outbox_ready:
+            self.stopping = True
+            self.outbox_ready.notify_all()
+        self.poster.join(timeout=5)
         self.httpd.shutdown()
         self.httpd.server_close()
         self.thread.join(timeout=5)
 
     def emit(self, changes: list[tuple[str, dict]], version: str | None) -> list[dict]:
+        """Record the events of these changes and queue them for the webhook."""
         events = [
             self.state.make_event(kind, obj, version or self.event_version)
             for kind, obj in changes
         ]
         if self.webhook_url and self.webhook_secret:
-            for event in events:
-                self.deliver(event)
+            with self.outbox_ready:
+                self.outbox.extend(events)
+                self.outbox_ready.notify_all()
         return events
+
+    def wait_delivered(self, timeout: float = 60) -> None:
+        """Wait until every queued event has been posted to the webhook."""
+        with self.outbox_ready:
+            self.outbox_ready.wait_for(
+                lambda: not self.outbox and not self.delivering, timeout=timeout
+            )
+
+    def _deliver_forever(self) -> None:
+        # One poster, so events reach the app one at a time and in order. It
+        # runs apart from the request handlers because the app answers a
+        # webhook by calling back here.
+        while True:
+            with self.outbox_ready:
+                self.outbox_ready.wait_for(lambda: self.outbox or self.stopping)
+                if self.stopping:
+                    return
+                event = self.outbox.pop(0)
+                self.delivering = True
+            try:
+                self.deliver(event)
+            finally:
+                with self.outbox_ready:
+                    self.delivering = False
+                    self.outbox_ready.notify_all()
 
     def deliver(self, event: dict) -> None:
         payload = json.dumps(event).encode()
@@ -226,6 +263,10 @@ class _Handler(BaseHTTPRequestHandler):
                 result = StripeError(400, f"Invalid request: {error}").body()
             if cache_key:
                 state.idempotent[cache_key] = (status, result)
+        if split.path.startswith("/_standin/"):
+            # A control call returns once the app has been told, so the caller
+            # (a test, a demo script) sees the outcome.
+            self.standin.wait_delivered()
         self._send(status, result)
 
     def _page(self, method: str, path: str) -> None:
@@ -237,8 +278,7 @@ class _Handler(BaseHTTPRequestHandler):
                 if kind == "/c/pay" and method == "POST":
                     session = state.get("checkout.session", session_id)
                     self.standin.emit(state.complete_checkout(session_id), None)
-                    self._redirect(session["success_url"])
-                    return
+                    redirect_to = session["success_url"]
                 if kind == "/c/pay":
                     session = state.get("checkout.session", session_id)
                     price = state.get("price", session["line_items_params"][0]["price"])
@@ -255,6 +295,11 @@ class _Handler(BaseHTTPRequestHandler):
             except StripeError as error:
                 self._send(error.status, error.body())
                 return
+        if method == "POST":
+            # Like Stripe, tell the app before the customer is sent back to it.
+            self.standin.wait_delivered()
+            self._redirect(redirect_to)
+            return
         data = body.encode()
         self.send_response(200)
         self.send_header("Content-Type", "text/html; charset=utf-8")

@@ -8,7 +8,9 @@ from billing.models import DunningCase
 
 
 def test_the_usage_page_shows_counters_and_a_chart(owner_client, org):
-    metering.charge(org_id=org.id, counter=metering.API_CALLS, now=timezone.now(), amount=41)
+    metering.charge(
+        org_id=org.id, counter=metering.API_CALLS, now=timezone.now(), amount=41
+    )
     page = owner_client.get("/console/usage/").content.decode()
     assert 'data-testid="meter-api_calls"' in page
     assert "<svg" in page and "API calls, last 30 days" in page
@@ -19,9 +21,14 @@ def test_the_usage_page_shows_counters_and_a_chart(owner_client, org):
 
 def test_a_past_due_org_sees_the_dunning_banner_everywhere(owner_client, org):
     deadline = timezone.now() + timezone.timedelta(days=3)
-    Organization.objects.filter(pk=org.pk).update(billing_state="past_due", grace_deadline=deadline)
+    Organization.objects.filter(pk=org.pk).update(
+        billing_state="past_due", grace_deadline=deadline
+    )
     DunningCase.objects.create(
-        org=org, invoice_id="in_1", first_failed_at=timezone.now(), grace_deadline=deadline,
+        org=org,
+        invoice_id="in_1",
+        first_failed_at=timezone.now(),
+        grace_deadline=deadline,
         hosted_invoice_url="https://invoice.stripe.test/i/in_1",
     )
     for path in ("/console/usage/", "/console/keys/", "/console/retention/"):
@@ -34,18 +41,28 @@ def test_a_past_due_org_sees_the_dunning_banner_everywhere(owner_client, org):
 def test_a_member_cannot_change_the_plan(member_client, org, settings):
     settings.BILLING_ENABLED = True
     assert member_client.get("/console/billing/").status_code == 200
-    assert member_client.post("/console/billing/checkout/", {"plan": "pro"}).status_code == 403
-    assert member_client.post("/console/billing/cancel/", {"when": "now"}).status_code == 403
+    assert (
+        member_client.post("/console/billing/checkout/", {"plan": "pro"}).status_code
+        == 403
+    )
+    assert (
+        member_client.post("/console/billing/cancel/", {"when": "now"}).status_code
+        == 403
+    )
     assert member_client.get("/console/billing/change/?plan=pro").status_code == 403
     org.refresh_from_db()
     assert org.plan == "free"
 
 
 def test_retention_is_previewed_before_it_is_saved(owner_client, org):
-    page = owner_client.post("/console/retention/", {"retention_days": "30"}).content.decode()
+    page = owner_client.post(
+        "/console/retention/", {"retention_days": "30"}
+    ).content.decode()
     assert 'data-testid="policy-preview"' in page
     assert "With <strong>30 days</strong>" in page
-    assert not org.retention_policy_set() if hasattr(org, "retention_policy_set") else True
+    assert (
+        not org.retention_policy_set() if hasattr(org, "retention_policy_set") else True
+    )
     from retention.models import RetentionPolicy
 
     assert not RetentionPolicy.objects.filter(org=org).exists()
@@ -54,5 +71,7 @@ def test_retention_is_previewed_before_it_is_saved(owner_client, org):
 
 
 def test_a_bad_retention_value_is_explained(owner_client, org):
-    page = owner_client.post("/console/retention/", {"retention_days": "0"}).content.decode()
+    page = owner_client.post(
+        "/console/retention/", {"retention_days": "0"}
+    ).content.decode()
     assert "Enter a whole number of days" in page
