@@ -11,7 +11,7 @@ import secrets
 from pathlib import Path
 
 import environ
-from celery.schedules import crontab  # noqa: F401  (used by CELERY_BEAT_SCHEDULE)
+from celery.schedules import crontab
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 env = environ.Env()
@@ -83,6 +83,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "console.context_processors.console",
             ],
         },
     },
@@ -103,6 +104,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
             "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
         }
     )
+    # Tests use a file too: an in-memory database shared between the threads of
+    # a live server (browser tests) fails with "database table is locked".
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test.sqlite3")}
 else:
     DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=60))
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -198,10 +202,16 @@ STRIPE_WEBHOOK_SECRET = env.str("STRIPE_WEBHOOK_SECRET", default="")
 STRIPE_API_BASE = env.str("STRIPE_API_BASE", default="")
 STRIPE_API_VERSION = env.str("STRIPE_API_VERSION", default="2025-08-27.basil")
 STRIPE_LIVE_MODE = env.bool("STRIPE_LIVE_MODE", default=False)
+# Dunning: days between the first failed payment and suspension, and how many
+# days before suspension the owners are reminded.
+BILLING_GRACE_PERIOD_DAYS = env.int("BILLING_GRACE_PERIOD_DAYS", default=7)
+BILLING_REMINDER_DAYS_BEFORE = env.int("BILLING_REMINDER_DAYS_BEFORE", default=2)
 DJSTRIPE_SUBSCRIBER_MODEL = "orgs.Organization"
 DJSTRIPE_FOREIGN_KEY_TO_FIELD = "id"
 DJSTRIPE_USE_NATIVE_JSONFIELD = True
 DJSTRIPE_WEBHOOK_VALIDATION = "verify_signature"
+# Customers carry metadata org_id, so dj-stripe links them to their org.
+DJSTRIPE_SUBSCRIBER_CUSTOMER_KEY = "org_id"
 
 # Retention (see retention/). Policies may be 1 to RETENTION_MAX_DAYS long (one
 # maximum for every plan for now); owners are warned RETENTION_NOTICE_DAYS before
@@ -254,6 +264,11 @@ CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_TIMEZONE = "UTC"
 # Each app's periodic work; django-celery-beat copies these into its tables.
 CELERY_BEAT_SCHEDULE: dict = {
+    # Dunning: reminders, then suspensions whose grace period ended.
+    "billing-dunning": {
+        "task": "billing.tasks.run_dunning",
+        "schedule": crontab(minute=5),
+    },
     "webhook-deliveries": {
         # Retries and deliveries whose worker died mid-attempt.
         "task": "agentpost.events.tasks.sweep_webhook_deliveries",
@@ -267,6 +282,10 @@ CELERY_BEAT_SCHEDULE: dict = {
     "retention-cleanup": {
         "task": "retention.tasks.run_retention_cleanup",
         "schedule": crontab(hour=2, minute=40),
+    },
+    "weekly-usage-summary": {
+        "task": "console.tasks.send_weekly_usage_summaries",
+        "schedule": crontab(day_of_week=1, hour=8, minute=0),
     },
     "retention-orphan-sweep": {
         "task": "retention.tasks.sweep_orphan_files",
@@ -313,6 +332,7 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
+        "stripe": {"level": "WARNING"},
         # Stable names operators can route to files of their own.
         "agentpost.billing": {"level": LOG_LEVEL},
         "agentpost.retention": {"level": LOG_LEVEL},

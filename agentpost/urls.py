@@ -1,5 +1,5 @@
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
 from drf_spectacular.views import SpectacularJSONAPIView, SpectacularRedocView
 
 from agentpost.events import api as events_api
@@ -11,6 +11,7 @@ from usage import api as usage_api
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("console/", include("console.urls")),
     path("openapi.json", SpectacularJSONAPIView.as_view(), name="openapi"),
     path("docs", SpectacularRedocView.as_view(url_name="openapi"), name="docs"),
     # Mail
@@ -37,6 +38,8 @@ urlpatterns = [
         "webhooks/<str:webhook_id>/deliveries/<str:delivery_id>/replay",
         events_api.WebhookReplayView.as_view(),
     ),
+    # Billing (404 unless BILLING_ENABLED)
+    path("billing/", include("billing.urls")),
     # Organizations
     path("organizations/<str:org_id>", orgs_api.OrganizationView.as_view()),
     path("organizations/<str:org_id>/usage", usage_api.UsageView.as_view()),

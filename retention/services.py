@@ -339,3 +339,17 @@ def export_in_progress(*, org_id: str, now: datetime) -> bool:
     return ExportLease.objects.filter(
         org_id=org_id, finished_at__isnull=True, expires_at__gt=now
     ).exists()
+
+
+def preview_policy(*, org: Organization, retention_days: int | None, now: datetime):
+    """Say what setting ``retention_days`` would do, before it is saved.
+
+    A new policy always waits for a fresh warning, so the first deletion under
+    it may begin one notice period from now at the earliest.
+    """
+    if retention_days is None:
+        return None
+    begins_at = now + notice_period()
+    cutoff = min(now, begins_at - timedelta(days=retention_days))
+    messages, size = measure(org_id=org.id, before=cutoff)
+    return Preview(begins_at=begins_at, cutoff=cutoff, messages=messages, bytes=size)

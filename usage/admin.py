@@ -13,7 +13,7 @@ class PlanLimitInline(admin.TabularInline):
 
 @admin.register(Plan)
 class PlanAdmin(admin.ModelAdmin):
-    list_display = ["code", "name", "monthly_price_cents", "stripe_lookup_key"]
+    list_display = ["code", "name"]
     inlines = [PlanLimitInline]
 
     def get_readonly_fields(self, request, obj=None):

@@ -24,6 +24,7 @@ from django.db.models import Q
 
 from agentpost import metering
 from agentpost.events.services import MESSAGE_RECEIVED, emit_event
+from agentpost.mail.inbound import received_event_data
 from agentpost.mail.models import Message
 from agentpost.orgs.models import Organization
 from usage import counting
@@ -214,8 +215,11 @@ def release_held_mail(*, org: Organization, now: datetime) -> int:
 
     Mail held in an earlier period is released whole. Mail held in this period
     is released oldest first while the messages shown stay within the limit
-    (held mail was counted when it arrived, so it is not counted again).
+    (held mail was counted when it arrived, so it is not counted again). A
+    suspended org's mail stays held until it is reinstated.
     """
+    if org.is_suspended:
+        return 0
     with transaction.atomic():
         # One releaser per org at a time, so two never both use the same room.
         Organization.objects.select_for_update().filter(pk=org.pk).exists()
@@ -249,12 +253,7 @@ def release_held_mail(*, org: Organization, now: datetime) -> int:
             emit_event(
                 org=org,
                 type=MESSAGE_RECEIVED,
-                data={
-                    "message_id": message.pk,
-                    "inbox_id": message.inbox_id,
-                    "from": message.from_address,
-                    "subject": message.subject,
-                },
+                data=received_event_data(message),
                 now=now,
             )
     logger.info("held mail released org=%s count=%d", org.pk, len(release))

@@ -28,9 +28,8 @@ class Plan(models.Model):
 
     code = models.SlugField(max_length=50, primary_key=True)
     name = models.CharField(max_length=100)
-    # Filled in by billing; kept here so that a plan is one row to edit.
-    stripe_lookup_key = models.CharField(max_length=100, blank=True)
-    monthly_price_cents = models.PositiveIntegerField(default=0)
+    # A paid plan's price lives with billing (billing.PlanPrice); this row holds
+    # what the plan allows.
 
     def __str__(self) -> str:
         return f"{self.name} ({self.code})"

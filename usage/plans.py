@@ -7,11 +7,10 @@ only the starting point.
 MB = 1024 * 1024
 GB = 1024 * MB
 
-# code: (name, monthly price in cents, mode, {counter: limit or None})
+# code: (name, mode, {counter: limit or None}). Prices live in billing.PlanPrice.
 DEFAULT_PLANS = {
     "free": (
         "Free",
-        0,
         "hard",
         {
             "messages_sent": 3_000,
@@ -23,7 +22,6 @@ DEFAULT_PLANS = {
     ),
     "starter": (
         "Starter",
-        2_000,
         "soft",
         {
             "messages_sent": 50_000,
@@ -35,7 +33,6 @@ DEFAULT_PLANS = {
     ),
     "pro": (
         "Pro",
-        9_000,
         "soft",
         {
             "messages_sent": 500_000,
@@ -48,7 +45,6 @@ DEFAULT_PLANS = {
     # Used for every org when BILLING_ENABLED is off: counts, never limits.
     "selfhosted": (
         "Self-hosted",
-        0,
         "soft",
         {
             "messages_sent": None,
@@ -63,9 +59,9 @@ DEFAULT_PLANS = {
 
 def seed_plans(plan_model, plan_limit_model) -> None:
     """Create the default plans that do not exist yet (takes model classes)."""
-    for code, (name, price, mode, limits) in DEFAULT_PLANS.items():
+    for code, (name, mode, limits) in DEFAULT_PLANS.items():
         plan, created = plan_model.objects.get_or_create(
-            code=code, defaults={"name": name, "monthly_price_cents": price}
+            code=code, defaults={"name": name}
         )
         if not created:
             continue

@@ -59,9 +59,12 @@ EVENT_TYPES: dict[str, str] = {
     USAGE_EXCEEDED: "A usage counter reached its limit. "
     "data: counter, current, limit, period_end.",
     BILLING_PAYMENT_FAILED: "A payment failed; access continues until the "
-    "grace deadline. data: invoice_id, amount_due, currency, grace_deadline.",
-    ORG_SUSPENDED: "The org was suspended for non-payment. data: suspended_at.",
-    ORG_REINSTATED: "The org was reinstated after payment. data: reinstated_at.",
+    "grace deadline. data: invoice_id, amount_due (cents), currency, "
+    "grace_deadline, hosted_invoice_url.",
+    ORG_SUSPENDED: "The org was suspended (sends and other writes refused, data "
+    "kept). data: suspended_at, grace_deadline, by_staff.",
+    ORG_REINSTATED: "The org was reinstated after payment or by staff. "
+    "data: reinstated_at, previous_state.",
     RETENTION_WARNING: "Messages older than the retention policy will be deleted "
     "soon. data: retention_days, delete_after, message_count.",
 }

@@ -125,6 +125,16 @@ def find_inbox(recipients: list[str]) -> Inbox | None:
     return None
 
 
+def received_event_data(message: Message) -> dict:
+    """The data of a message.received event."""
+    return {
+        "message_id": message.id,
+        "inbox_id": message.inbox_id,
+        "from": message.from_address,
+        "subject": message.subject,
+    }
+
+
 def store_inbound_mail(*, inbox: Inbox, raw: bytes, now: datetime) -> Message:
     """Store one inbound message with its raw MIME and attachments.
 
@@ -138,7 +148,10 @@ def store_inbound_mail(*, inbox: Inbox, raw: bytes, now: datetime) -> Message:
             org_id=org_id,
             inbox=inbox,
             direction=Message.Direction.INBOUND,
-            status=Message.Status.RECEIVED,
+            # A suspended org's mail is stored but held until it is reinstated.
+            status=Message.Status.HELD
+            if inbox.org.is_suspended
+            else Message.Status.RECEIVED,
             from_address=parsed.from_address[:998],
             to=parsed.to,
             cc=parsed.cc,
@@ -171,16 +184,11 @@ def store_inbound_mail(*, inbox: Inbox, raw: bytes, now: datetime) -> Message:
                 now=now,
                 enforce=False,
             )
-        if message.status != Message.Status.HELD:  # released ones emit later
+        if message.status != Message.Status.HELD:  # held mail is announced on release
             emit_event(
                 org=org_id,
                 type=MESSAGE_RECEIVED,
-                data={
-                    "message_id": message.id,
-                    "inbox_id": inbox.id,
-                    "from": message.from_address,
-                    "subject": message.subject,
-                },
+                data=received_event_data(message),
                 now=now,
             )
     logger.info(

@@ -19,8 +19,6 @@ class Migration(migrations.Migration):
             fields=[
                 ('code', models.SlugField(primary_key=True, serialize=False)),
                 ('name', models.CharField(max_length=100)),
-                ('stripe_lookup_key', models.CharField(blank=True, max_length=100)),
-                ('monthly_price_cents', models.PositiveIntegerField(default=0)),
             ],
         ),
         migrations.CreateModel(
