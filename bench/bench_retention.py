@@ -6,10 +6,12 @@ Retention on PostgreSQL: cleanup against raw batched DELETEs, export against zip
    ``retention.cleanup`` (rows, receipt, counter, pending files, and the
    files themselves after each commit), the other by raw
    ``DELETE ... WHERE id IN (SELECT ... LIMIT n)`` statements over the same
-   shape of rows with the same batch size (rows only, no files).
+   shape of rows with the same batch size (rows only, no files; the issue's
+   target is against this). The raw org's files are then unlinked one by one
+   and timed, for a second, with-files ratio.
 2. One org of 100,000 messages (half with an attachment, 1.1 GB of them, and
    a tenth inbound with raw MIME) exported to a file by a child process, whose
-   peak RSS is read with getrusage; ``zip -0 -r`` of the same files is timed.
+   peak RSS is its VmHWM; ``zip -0 -r`` of the same files is timed.
 
 Everything lives in the database agentpost_bench_retention (created and
 dropped here) and a temporary directory (removed at the end). Loopback only.
@@ -17,6 +19,7 @@ dropped here) and a temporary directory (removed at the end). Loopback only.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -119,7 +122,8 @@ def build_org(
     write_files: str,
     inbound_every: int = 0,
 ) -> tuple:
-    """Create an org of MESSAGES messages, the older half expired.
+    """Create an org of MESSAGES messages, the older half expired; return the
+    org, its attachment bytes and the attachment files written.
 
     The first half is 30 days and i minutes old, the second half is spread
     over the last 15 days. Every second
@@ -136,6 +140,8 @@ def build_org(
     block = os.urandom(attachment_bytes + 4096)
     expired_before = NOW - timedelta(days=30)
     messages, attachments = [], []
+    files: list[Path] = []
+    digests: dict[int, str] = {}  # the same slices recur: hash each once
     total_bytes = 0
     for i in range(MESSAGES):
         created = expired_before - timedelta(minutes=i + 1)
@@ -161,23 +167,27 @@ def build_org(
             continue
         aid = f"att_{name}{i:020d}"
         file = f"attachments/{org.id}/{mid}/{aid}"
+        offset = i % 4096
+        content = block[offset : offset + attachment_bytes]
+        if offset not in digests:
+            digests[offset] = hashlib.sha256(content).hexdigest()
         attachments.append(
             (aid, org.id, mid, f"report-{i}.pdf", "application/pdf", "", False,
-             attachment_bytes, "0" * 64, file, created)
+             attachment_bytes, digests[offset], file, created)
         )  # fmt: skip
         total_bytes += attachment_bytes
         if wanted:
             path = root / file
             path.parent.mkdir(parents=True, exist_ok=True)
-            offset = i % 4096
-            path.write_bytes(block[offset : offset + attachment_bytes])
+            path.write_bytes(content)
+            files.append(path)
     _copy("mail_message", MESSAGE_COLUMNS, messages)
     _copy("mail_attachment", ATTACHMENT_COLUMNS, attachments)
     from django.db import connection
 
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE mail_message; ANALYZE mail_attachment")
-    return org, total_bytes
+    return org, total_bytes, files
 
 
 def raw_delete(org_id: str, cutoff: datetime) -> tuple[int, float]:
@@ -220,11 +230,19 @@ def retention_delete(org, cutoff: datetime) -> tuple[int, float]:
     return result.messages, time.perf_counter() - started
 
 
+# The child's peak is VmHWM, the high-water mark of its own memory. Not
+# getrusage's ru_maxrss: on Linux that keeps the forking parent's peak across
+# exec, so it would report this benchmark's 100,000-row lists, not the export.
 EXPORT_CHILD = """
-import json, os, resource, sys, time
+import json, os, sys, time
 from datetime import UTC, datetime
+def peak_rss():
+    with open("/proc/self/status") as status:
+        line = next(l for l in status if l.startswith("VmHWM:"))
+    return int(line.split()[1]) * 1024
 import django
 django.setup()
+setup_rss = peak_rss()
 from retention.export import stream_export
 started = time.perf_counter()
 size = 0
@@ -233,8 +251,8 @@ with open(sys.argv[2], "wb") as out:
         out.write(chunk)
         size += len(chunk)
 seconds = time.perf_counter() - started
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-print(json.dumps({"seconds": seconds, "bytes": size, "peak_rss": peak}))
+print(json.dumps({"seconds": seconds, "bytes": size, "peak_rss": peak_rss(),
+                  "setup_rss": setup_rss}))
 """
 
 
@@ -248,11 +266,19 @@ def run() -> None:
 
     # 1. Deleting the expired half: retention cleanup against raw DELETEs.
     t = time.perf_counter()
-    raw_org, _ = build_org("rawdel", attachment_bytes=100, write_files="none")
-    ours_org, _ = build_org("ourdel", attachment_bytes=100, write_files="expired")
+    raw_org, _, raw_files = build_org(
+        "rawdel", attachment_bytes=100, write_files="expired"
+    )
+    ours_org, _, _ = build_org("ourdel", attachment_bytes=100, write_files="expired")
     print(f"built 2 x {MESSAGES:,} messages in {time.perf_counter() - t:.1f} s")
     cutoff = NOW - timedelta(days=30)
     raw_n, raw_s = raw_delete(raw_org.id, cutoff)
+    # The raw side's files, removed one by one after all its commits: what a
+    # raw DELETE plus a plain unlink loop would cost, for the with-files ratio.
+    started = time.perf_counter()
+    for path in raw_files:
+        os.unlink(path)
+    unlink_s = time.perf_counter() - started
     our_n, our_s = retention_delete(ours_org, cutoff)
     assert raw_n == our_n == MESSAGES // 2, (raw_n, our_n)
     from django.core.files.storage import default_storage
@@ -260,15 +286,27 @@ def run() -> None:
     left = sum(1 for _ in Path(default_storage.location, "attachments").rglob("att_*"))
     assert left == 0, f"{left} files left after cleanup"
     raw_rate, our_rate = raw_n / raw_s, our_n / our_s
-    rows.append(("raw batched DELETE, rows/s", f"{raw_rate:,.0f}", f"{raw_s:.2f} s"))
+    raw_files_rate = raw_n / (raw_s + unlink_s)
     rows.append(
-        ("retention cleanup, rows/s", f"{our_rate:,.0f}", f"{our_s:.2f} s (+files)")
+        ("raw batched DELETE, rows/s", f"{raw_rate:,.0f}",
+         f"{raw_s:.2f} s, rows only")
+    )  # fmt: skip
+    rows.append(
+        ("raw DELETE + unlink, rows/s", f"{raw_files_rate:,.0f}",
+         f"{raw_s + unlink_s:.2f} s, rows + {len(raw_files):,} files")
+    )  # fmt: skip
+    rows.append(
+        ("retention cleanup, rows/s", f"{our_rate:,.0f}",
+         f"{our_s:.2f} s, rows + receipt + counter + pending + files")
+    )  # fmt: skip
+    rows.append(
+        ("cleanup / raw rows only (target >= 0.7)", f"{our_rate / raw_rate:.2f}x", "")
     )
-    rows.append(("cleanup / raw (target >= 0.7)", f"{our_rate / raw_rate:.2f}x", ""))
+    rows.append(("cleanup / raw + unlink", f"{our_rate / raw_files_rate:.2f}x", ""))
 
     # 2. Exporting 100,000 messages and 1.1 GB of attachments.
     t = time.perf_counter()
-    org, total = build_org(
+    org, total, _ = build_org(
         "export",
         attachment_bytes=EXPORT_ATTACHMENT_BYTES,
         write_files="all",
@@ -317,13 +355,14 @@ def run() -> None:
     export_out.unlink()
     counts = manifest["counts"]
     assert counts["messages"] == MESSAGES and counts["attachment_bytes"] == total
+    assert not manifest["missing_files"] and not manifest["checksum_mismatches"]
 
     zip_rate = zip_size / zip_s
     our_rate = figures["bytes"] / figures["seconds"]
     rows.append(("export archive size", f"{figures['bytes'] / 1e9:.2f} GB", ""))
     rows.append(
         ("export peak RSS, whole process", f"{figures['peak_rss'] / 2**20:.0f} MB",
-         "target < 150 MB")
+         f"target < 150 MB; {figures['setup_rss'] / 2**20:.0f} MB after setup")
     )  # fmt: skip
     rows.append(
         ("zip -0 of the same files, MB/s", f"{zip_rate / 1e6:,.0f}", f"{zip_s:.2f} s")

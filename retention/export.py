@@ -128,6 +128,29 @@ class _SpooledDirectory:
         self._file.close()
 
 
+class _SpooledList:
+    """A list of JSON values kept in a temporary file, for the manifest."""
+
+    def __init__(self) -> None:
+        self._file = tempfile.TemporaryFile()
+        self.count = 0
+
+    def append(self, value) -> None:
+        self._file.write(json.dumps(value).encode() + b"\n")
+        self.count += 1
+
+    def json_lines(self) -> Iterator[bytes]:
+        """Yield the values as the items of an indented JSON array."""
+        self._file.seek(0)
+        first = True
+        for line in self._file:
+            yield (b"" if first else b",\n") + b"  " + line.rstrip(b"\n")
+            first = False
+
+    def close(self) -> None:
+        self._file.close()
+
+
 class _Archive:
     """A ZIP written entry by entry, with a size and SHA-256 kept per file."""
 
@@ -135,8 +158,14 @@ class _Archive:
         self.zip = ZipStream(compress_type=ZIP_STORED)
         self.directory = _SpooledDirectory()
         self.zip._filelist = self.directory
-        self.files = tempfile.TemporaryFile()
-        self.file_count = 0
+        self.files = _SpooledList()
+        # What grows with the org's problems is spooled too.
+        self.missing = _SpooledList()
+        self.mismatched = _SpooledList()
+
+    @property
+    def file_count(self) -> int:
+        return self.files.count
 
     def add(self, path: str, chunks: Iterable[bytes]) -> Iterator[bytes]:
         self.zip.add(self._hashed(path, chunks), path)
@@ -149,11 +178,9 @@ class _Archive:
             digest.update(chunk)
             size += len(chunk)
             yield chunk
-        entry = {"path": path, "size": size, "sha256": digest.hexdigest()}
-        self.files.write(json.dumps(entry).encode() + b"\n")
-        self.file_count += 1
         self.last_size = size
-        self.last_sha256 = entry["sha256"]
+        self.last_sha256 = digest.hexdigest()
+        self.files.append({"path": path, "size": size, "sha256": self.last_sha256})
 
     def finish(self, manifest: dict) -> Iterator[bytes]:
         # Not hashed: the manifest cannot list its own checksum.
@@ -163,21 +190,30 @@ class _Archive:
 
     def _manifest(self, manifest: dict) -> Iterator[bytes]:
         head = json.dumps(manifest, indent=1, cls=DjangoJSONEncoder)
-        yield head[: head.rindex("}")].rstrip().encode() + b',\n "files": [\n'
-        self.files.seek(0)
-        first = True
-        for line in self.files:
-            yield (b"" if first else b",\n") + b"  " + line.rstrip(b"\n")
-            first = False
-        yield b"\n ]\n}\n"
+        yield head[: head.rindex("}")].rstrip().encode()
+        lists = [
+            ("missing_files", self.missing),
+            ("checksum_mismatches", self.mismatched),
+            ("files", self.files),
+        ]
+        for key, spooled in lists:
+            yield f',\n "{key}": [\n'.encode()
+            yield from spooled.json_lines()
+            yield b"\n ]"
+        yield b"\n}\n"
 
     def close(self) -> None:
         self.directory.close()
         self.files.close()
+        self.missing.close()
+        self.mismatched.close()
+
+
+_ENCODER = DjangoJSONEncoder(ensure_ascii=False)
 
 
 def _json(value) -> bytes:
-    return json.dumps(value, ensure_ascii=False, cls=DjangoJSONEncoder).encode()
+    return _ENCODER.encode(value).encode()
 
 
 def _lines(rows: Iterable[dict]) -> Iterator[bytes]:
@@ -291,42 +327,96 @@ def _audit(org: Organization, bound: dict) -> Iterator[dict]:
         }
 
 
-def _message(message: Message) -> dict:
-    return {
-        "id": message.id,
-        "inbox_id": message.inbox_id,
-        "direction": message.direction,
-        "status": message.status,
-        "from": message.from_address,
-        "to": message.to,
-        "cc": message.cc,
-        "bcc": message.bcc,
-        "subject": message.subject,
-        "text": message.text,
-        "html": message.html,
-        "headers": message.headers,
-        "message_id_header": message.message_id_header,
-        "size_bytes": message.size_bytes,
-        "error": message.error,
-        "created_at": message.created_at,
-        "sent_at": message.sent_at,
-        "raw_path": raw_path(message.id) if message.raw else None,
-        "attachments": [
-            {
-                "id": a.id,
-                "filename": a.filename,
-                "content_type": a.content_type,
-                "content_id": a.content_id,
-                "inline": a.inline,
-                "size_bytes": a.size_bytes,
-                "sha256": a.sha256,
-                "path": attachment_path(
-                    message_id=message.id, attachment_id=a.id, filename=a.filename
-                ),
+MESSAGE_FIELDS = (
+    "id",
+    "inbox_id",
+    "direction",
+    "status",
+    "from_address",
+    "to",
+    "cc",
+    "bcc",
+    "subject",
+    "text",
+    "html",
+    "headers",
+    "message_id_header",
+    "size_bytes",
+    "error",
+    "created_at",
+    "sent_at",
+    "raw",
+)
+ATTACHMENT_FIELDS = (
+    "attachments__id",
+    "attachments__filename",
+    "attachments__content_type",
+    "attachments__content_id",
+    "attachments__inline",
+    "attachments__size_bytes",
+    "attachments__sha256",
+)
+
+
+def _messages(messages) -> Iterator[dict]:
+    """Yield one dict per message with its attachments listed.
+
+    One query, messages joined to their attachments and read as plain tuples
+    through a server-side cursor: no model instances and no prefetch query
+    per chunk. Rows of one message are consecutive (ordered by id).
+    """
+    rows = (
+        messages.order_by("id", "attachments__id")
+        .values_list(*MESSAGE_FIELDS, *ATTACHMENT_FIELDS)
+        .iterator(chunk_size=ROWS_CHUNK)
+    )
+    message = None
+    for row in rows:
+        if message is None or row[0] != message["id"]:
+            if message is not None:
+                yield message
+            (id, inbox_id, direction, status, from_address, to, cc, bcc, subject,
+             text, html, headers, message_id_header, size_bytes, error, created_at,
+             sent_at, raw) = row[:18]  # fmt: skip
+            message = {
+                "id": id,
+                "inbox_id": inbox_id,
+                "direction": direction,
+                "status": status,
+                "from": from_address,
+                "to": to,
+                "cc": cc,
+                "bcc": bcc,
+                "subject": subject,
+                "text": text,
+                "html": html,
+                "headers": headers,
+                "message_id_header": message_id_header,
+                "size_bytes": size_bytes,
+                "error": error,
+                "created_at": created_at,
+                "sent_at": sent_at,
+                "raw_path": raw_path(id) if raw else None,
+                "attachments": [],
             }
-            for a in message.attachments.all()
-        ],
-    }
+        pk, filename, content_type, content_id, inline, size, sha256 = row[18:]
+        if pk is not None:
+            message["attachments"].append(
+                {
+                    "id": pk,
+                    "filename": filename,
+                    "content_type": content_type,
+                    "content_id": content_id,
+                    "inline": inline,
+                    "size_bytes": size,
+                    "sha256": sha256,
+                    "path": attachment_path(
+                        message_id=message["id"], attachment_id=pk, filename=filename
+                    ),
+                }
+            )
+    if message is not None:
+        yield message
 
 
 def stream_export(*, org_id: str, now: datetime) -> Iterator[bytes]:
@@ -355,8 +445,6 @@ def _stream(archive: _Archive, *, org_id: str, now: datetime, exact: bool):
         "attachments": 0,
         "attachment_bytes": 0,
     }
-    missing: list[str] = []
-    mismatched: list[str] = []
 
     yield from archive.add("organization.json", [_json(_organization(org))])
     yield from archive.add("retention_policy.json", [_json(_policy(org))])
@@ -365,10 +453,9 @@ def _stream(archive: _Archive, *, org_id: str, now: datetime, exact: bool):
     messages = Message.objects.filter(org=org, **bound).order_by("id")
 
     def message_rows():
-        rows = messages.prefetch_related("attachments").iterator(chunk_size=ROWS_CHUNK)
-        for message in rows:
+        for message in _messages(messages):
             counts["messages"] += 1
-            yield _message(message)
+            yield message
 
     yield from archive.add("messages.jsonl", _lines(message_rows()))
 
@@ -377,7 +464,7 @@ def _stream(archive: _Archive, *, org_id: str, now: datetime, exact: bool):
         try:
             handle = default_storage.open(name, "rb")
         except OSError:
-            missing.append(name)
+            archive.missing.append(name)
             continue
         yield from archive.add(raw_path(message_id), _read(handle))
         counts["inbound_raw"] += 1
@@ -393,7 +480,7 @@ def _stream(archive: _Archive, *, org_id: str, now: datetime, exact: bool):
         try:
             handle = default_storage.open(name, "rb")
         except OSError:
-            missing.append(name)
+            archive.missing.append(name)
             continue
         path = attachment_path(
             message_id=message_id, attachment_id=pk, filename=filename
@@ -402,14 +489,14 @@ def _stream(archive: _Archive, *, org_id: str, now: datetime, exact: bool):
         counts["attachments"] += 1
         counts["attachment_bytes"] += archive.last_size
         if archive.last_sha256 != sha256:
-            mismatched.append(path)
+            archive.mismatched.append(path)
 
-    if missing or mismatched:
+    if archive.missing.count or archive.mismatched.count:
         logger.warning(
             "export problems org=%s missing=%d mismatched=%d",
             org.id,
-            len(missing),
-            len(mismatched),
+            archive.missing.count,
+            archive.mismatched.count,
         )
     logger.info(
         "export done org=%s messages=%d attachments=%d files=%d",
@@ -426,7 +513,5 @@ def _stream(archive: _Archive, *, org_id: str, now: datetime, exact: bool):
             "generated_at": now,
             "snapshot": "repeatable_read" if exact else "created_at_bound",
             "counts": {**counts, "files": archive.file_count},
-            "missing_files": missing,
-            "checksum_mismatches": mismatched,
         }
     )

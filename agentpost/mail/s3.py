@@ -11,9 +11,6 @@ from __future__ import annotations
 import functools
 import logging
 
-import boto3
-from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
 from django.conf import settings
 
 logger = logging.getLogger(__name__)
@@ -28,6 +25,11 @@ class S3FetchFailed(Exception):
 
 @functools.lru_cache(maxsize=4)
 def _client(region: str | None, endpoint_url: str | None):
+    # Imported here, not at the top: boto3 costs every process about 25 MB
+    # (the admin imports this module), and only S3 inbound mail needs it.
+    import boto3
+    from botocore.config import Config
+
     config = Config(
         connect_timeout=CONNECT_TIMEOUT_SECONDS,
         read_timeout=READ_TIMEOUT_SECONDS,
@@ -42,6 +44,8 @@ def _client(region: str | None, endpoint_url: str | None):
 
 def fetch_object(*, bucket: str, key: str, max_bytes: int) -> bytes:
     """Return the object's bytes; raise S3FetchFailed if it cannot be had."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
     client = _client(
         settings.SES_INBOUND_S3_REGION, settings.SES_INBOUND_S3_ENDPOINT_URL
     )

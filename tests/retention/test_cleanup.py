@@ -242,3 +242,22 @@ def test_the_command_dry_run_deletes_nothing(org, inbox, mailoutbox, clock):
     call_command("retention_cleanup", "--org", org.id, stdout=out)
     assert "Deleted 1 messages" in out.getvalue()
     assert Message.objects.count() == 0
+
+
+def test_a_file_shared_with_a_kept_row_survives_a_batched_run(org, inbox, mailoutbox):
+    old = [
+        outbound(org, inbox, created_at=NOW - (40 + i) * DAY, files={"a.pdf": PDF})
+        for i in range(3)
+    ]
+    kept = outbound(org, inbox, created_at=NOW, files={"b.pdf": PDF})
+    shared = stored_names(old[0])[0]
+    others = [n for m in old[1:] for n in stored_names(m)]
+    Attachment.objects.filter(message=kept).update(file=shared)
+    warned(org, 30)
+
+    cleanup.run_cleanup(now=NOW + 7 * DAY, batch_size=1)
+
+    assert list(Message.objects.all()) == [kept]
+    assert exists(shared)
+    assert not any(exists(n) for n in others)
+    assert not PendingFileDeletion.objects.exists()
