@@ -120,12 +120,6 @@ class CertificateServer:
 
 
 @pytest.fixture(autouse=True)
-def _fast_passwords(settings):
-    # The personas' logins do not matter here; PBKDF2 made each test a second.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
-@pytest.fixture(autouse=True)
 def sns_hosts(monkeypatch) -> CertificateServer:
     server = CertificateServer()
     monkeypatch.setattr(sns, "download_certificate", server)
