@@ -145,7 +145,10 @@ def quota_error(exc: QuotaExceeded) -> ApiError:
 
 
 class StrictSerializer(serializers.Serializer):
-    """A serializer that refuses fields it does not know, instead of ignoring them."""
+    """A serializer that refuses fields it does not know, instead of ignoring them.
+
+    Text fields take only JSON strings: DRF would otherwise turn 5 into "5".
+    """
 
     @classmethod
     def validate_input(cls, data, **kwargs) -> dict:
@@ -163,6 +166,17 @@ class StrictSerializer(serializers.Serializer):
         if unknown:
             raise serializers.ValidationError(
                 {name: ["Unknown field."] for name in unknown}, code="unknown_field"
+            )
+        not_text = sorted(
+            name
+            for name, field in self.fields.items()
+            if isinstance(field, serializers.CharField)
+            and data.get(name) is not None
+            and not isinstance(data[name], str)
+        )
+        if not_text:
+            raise serializers.ValidationError(
+                {name: ["Expected a string."] for name in not_text}, code="invalid"
             )
         return super().to_internal_value(data)
 

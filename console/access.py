@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import wraps
 
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.shortcuts import redirect
@@ -69,6 +70,25 @@ def owner_required(view):
     def wrapper(request, *args, **kwargs):
         if not request.console.is_owner:
             raise PermissionDenied("Only the org's owners can change this.")
+        return view(request, *args, **kwargs)
+
+    return wrapper
+
+
+def active_owner_required(view):
+    """Like owner_required, and refuse a suspended org's changes, as the API does."""
+
+    @owner_required
+    @wraps(view)
+    def wrapper(request, *args, **kwargs):
+        if request.console.org.is_suspended:
+            messages.error(
+                request,
+                "This org is suspended for non-payment: pay the open invoice on the "
+                "billing page to make changes again.",
+            )
+            section = request.path.split("/")[2]  # /console/<section>/...
+            return redirect(f"/console/{section}/")
         return view(request, *args, **kwargs)
 
     return wrapper

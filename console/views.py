@@ -23,7 +23,12 @@ from billing import services as billing
 from billing import stripe_api
 from billing.api import plan_name, subscription_body
 from billing.models import OrgSubscription, PlanPrice
-from console.access import SESSION_KEY, member_required, owner_required
+from console.access import (
+    SESSION_KEY,
+    active_owner_required,
+    member_required,
+    owner_required,
+)
 from console.charts import bar_chart
 from console.templatetags.humanize_bytes import format_bytes
 from retention import services as retention
@@ -258,7 +263,7 @@ def keys_page(request):
     )
 
 
-@owner_required
+@active_owner_required
 @require_POST
 def keys_create(request):
     name = request.POST.get("name", "").strip()[:100]
@@ -372,7 +377,7 @@ def webhooks_page(request):
     )
 
 
-@owner_required
+@active_owner_required
 @require_POST
 def webhooks_create(request):
     chosen = request.POST.getlist("event_types") or [ALL_EVENT_TYPES]
@@ -403,7 +408,7 @@ def webhooks_create(request):
     return redirect("console:webhooks")
 
 
-@owner_required
+@active_owner_required
 @require_POST
 def webhooks_delete(request, endpoint_id: str):
     endpoint = get_object_or_404(
@@ -414,7 +419,7 @@ def webhooks_delete(request, endpoint_id: str):
     return redirect("console:webhooks")
 
 
-@owner_required
+@active_owner_required
 @require_POST
 def webhooks_replay(request, delivery_id: str):
     delivery = get_object_or_404(Delivery, pk=delivery_id, org=request.console.org)

@@ -71,6 +71,7 @@ class LimitOverrideAdmin(admin.ModelAdmin):
             },
             now=timezone.now(),
             actor=request.user,
+            by_staff=True,
         )
         obj.pk = LimitOverride.objects.get(org=obj.org, counter=obj.counter).pk
 
@@ -80,6 +81,7 @@ class LimitOverrideAdmin(admin.ModelAdmin):
             changes={obj.counter: None},
             now=timezone.now(),
             actor=request.user,
+            by_staff=True,
         )
 
     def delete_queryset(self, request, queryset):

@@ -77,7 +77,10 @@ class UsageHistoryView(OrgAPIView):
     def get(self, request, org_id: str):
         self.check_org_id(org_id)
         raw = request.query_params.get("days", str(services.HISTORY_DAYS_DEFAULT))
-        if not raw.isdigit() or not 1 <= int(raw) <= services.HISTORY_DAYS_MAX:
+        if (
+            not (raw.isascii() and raw.isdigit())
+            or not 1 <= int(raw) <= services.HISTORY_DAYS_MAX
+        ):
             raise ApiError(
                 400,
                 "invalid_request",
@@ -106,9 +109,7 @@ class SettingsView(OrgAPIView):
             if counter in metering.COUNTERS
         }
         try:
-            services.check_own_override(
-                org=self.org, changes={c: f for c, f in changes.items() if f}
-            )
+            services.check_own_override(org=self.org, changes=changes)
         except services.OverrideNotAllowed as exc:
             raise ApiError(
                 400,

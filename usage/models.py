@@ -80,6 +80,9 @@ class LimitOverride(models.Model):
         blank=True,
         validators=[MinValueValidator(1), MaxValueValidator(100)],
     )
+    # Set by staff in the admin: the org may tighten it through the API, never
+    # loosen or remove it.
+    set_by_staff = models.BooleanField(default=False)
     updated_at = models.DateTimeField()
 
     class Meta:

@@ -127,7 +127,16 @@ def check_own_override(*, org: Organization, changes: dict[str, dict]) -> None:
     where the plan is hard, would let it use more than it pays for.
     """
     plan_limits = get_plan_limits(org=org)
+    staff_set = set(
+        LimitOverride.objects.filter(
+            org=org, counter__in=list(changes), set_by_staff=True
+        ).values_list("counter", flat=True)
+    )
+    if staff_set:
+        check_staff_overrides_kept(org=org, changes=changes, counters=staff_set)
     for counter, fields in changes.items():
+        if fields is None:
+            continue
         plan = plan_limits[counter]
         limit = fields.get("limit")
         if limit is not None and plan.limit is not None and limit > plan.limit:
@@ -143,8 +152,39 @@ def check_own_override(*, org: Organization, changes: dict[str, dict]) -> None:
             )
 
 
+def check_staff_overrides_kept(
+    *, org: Organization, changes: dict[str, dict | None], counters: set[str]
+) -> None:
+    """Refuse changes that would loosen or remove an override staff set."""
+    current = get_limits(org=org)
+    plan_limits = get_plan_limits(org=org)
+    for counter in counters:
+        fields = changes[counter]
+        field = f"limits.{counter}"
+        message = "Set by AgentPost staff; it can be tightened but not loosened here."
+        if fields is None:
+            raise OverrideNotAllowed(field, message)
+        now_limit = current[counter]
+        limit = fields["limit"] if "limit" in fields else now_limit.limit
+        if limit is None:
+            limit = plan_limits[counter].limit
+        mode = fields.get("mode", now_limit.mode) or plan_limits[counter].mode
+        looser_limit = now_limit.limit is not None and (
+            limit is None or limit > now_limit.limit
+        )
+        if looser_limit:
+            raise OverrideNotAllowed(f"{field}.limit", message)
+        if now_limit.is_hard and mode == Mode.SOFT:
+            raise OverrideNotAllowed(f"{field}.mode", message)
+
+
 def update_limit_overrides(
-    *, org: Organization, changes: dict[str, dict | None], now: datetime, actor=None
+    *,
+    org: Organization,
+    changes: dict[str, dict | None],
+    now: datetime,
+    actor=None,
+    by_staff: bool = False,
 ) -> dict:
     """Apply per-counter override changes; a null value returns to the plan's.
 
@@ -180,6 +220,7 @@ def update_limit_overrides(
             override.limit = values["limit"]
             override.mode = values["mode"] or ""
             override.warning_threshold = values["warning_threshold"]
+            override.set_by_staff = override.set_by_staff or by_staff
             override.updated_at = now
             override.save()
             new[counter] = override.as_dict()

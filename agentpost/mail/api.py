@@ -1,3 +1,5 @@
+import unicodedata
+
 from django.conf import settings
 from django.http import FileResponse
 from django.shortcuts import get_object_or_404
@@ -10,6 +12,13 @@ from rest_framework.response import Response
 from agentpost.api import ApiError, Base64Field, OrgAPIView, StrictSerializer, paginate
 from agentpost.mail import services
 from agentpost.mail.models import Attachment, Inbox, Message
+
+
+def has_control_characters(text: str) -> bool:
+    """Whether ``text`` holds a control character or a Unicode line separator,
+    which could break or smuggle a mail header."""
+    return any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in text)
+
 
 LOCAL_PART_PATTERN = r"^[a-z0-9](?:[a-z0-9._+-]{0,62}[a-z0-9])?$"
 
@@ -35,8 +44,12 @@ class InboxOut(serializers.ModelSerializer):
 
 class AttachmentIn(StrictSerializer):
     filename = serializers.CharField(max_length=1000, allow_blank=True)
-    content_type = serializers.CharField(
-        max_length=255, required=False, default="application/octet-stream"
+    content_type = serializers.RegexField(
+        r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*$",
+        max_length=255,
+        required=False,
+        default="application/octet-stream",
+        error_messages={"invalid": "Not a media type such as text/plain."},
     )
     content = Base64Field(help_text="The file, base64-encoded.", allow_blank=True)
 
@@ -81,9 +94,10 @@ class SendIn(StrictSerializer):
                     ]
                 }
             )
-        for field in ("subject",):
-            if "\r" in data[field] or "\n" in data[field]:
-                raise serializers.ValidationError({field: ["No line breaks allowed."]})
+        if has_control_characters(data["subject"]):
+            raise serializers.ValidationError(
+                {"subject": ["No line breaks or control characters allowed."]}
+            )
         return data
 
 

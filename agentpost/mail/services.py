@@ -10,7 +10,7 @@ from datetime import datetime
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.mail import EmailMultiAlternatives
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from agentpost import metering
@@ -31,10 +31,14 @@ def create_inbox(
 ) -> Inbox:
     """Create the inbox ``local_part@AGENTPOST_MAIL_DOMAIN`` for the org."""
     address = f"{local_part.lower()}@{settings.AGENTPOST_MAIL_DOMAIN.lower()}"
-    with transaction.atomic():
-        if Inbox.objects.select_for_update().filter(address=address).exists():
-            raise InboxTaken(address)
-        return Inbox.objects.create(org=org, address=address, display_name=display_name)
+    try:
+        with transaction.atomic():
+            return Inbox.objects.create(
+                org=org, address=address, display_name=display_name
+            )
+    except IntegrityError:
+        # The unique address decides, so two requests at once cannot both win.
+        raise InboxTaken(address) from None
 
 
 @dataclass

@@ -110,7 +110,8 @@ def verify_message(envelope: dict, *, now: datetime) -> None:
     Raises CertificateUnavailable when the certificate could not be fetched
     for a reason that may pass (a timeout, a 5xx from SNS).
     """
-    hash_class = _HASHES.get(envelope.get("SignatureVersion"))
+    version = envelope.get("SignatureVersion")
+    hash_class = _HASHES.get(version) if isinstance(version, str) else None
     if hash_class is None:
         raise InvalidMessage("The SignatureVersion is missing or not 1 or 2.")
     try:

@@ -111,3 +111,18 @@ def test_a_user_without_an_org_is_told_so(db, django_user_model):
     client.force_login(user)
     response = client.get("/console/keys/", follow=True)
     assert b"No organization yet" in response.content
+
+
+def test_a_suspended_org_cannot_make_changes_in_the_console(owner_client, org):
+    from agentpost.events.models import WebhookEndpoint
+
+    org.billing_state = "suspended"
+    org.save()
+    response = owner_client.post("/console/keys/create/", {"name": "more"}, follow=True)
+    assert b"suspended for non-payment" in response.content
+    assert ApiKey.objects.filter(org=org).count() == 1
+    owner_client.post("/console/webhooks/create/", {"url": "https://example.com/h"})
+    assert not WebhookEndpoint.objects.filter(org=org).exists()
+    # Reads and the export stay.
+    assert owner_client.get("/console/keys/").status_code == 200
+    assert owner_client.get("/console/retention/export/").status_code == 200

@@ -284,3 +284,28 @@ def test_an_api_key_is_not_needed_and_not_enough(inbox, api):
     response = api.post("/inbound/ses", load(MIME_01_UTF8))
     assert response.status_code == 400
     assert not Message.objects.exists()
+
+
+def test_a_signature_version_that_is_not_a_string_is_refused(client, settings):
+    import json
+
+    settings.SES_INBOUND_TOPIC_ARNS = [
+        "arn:aws:sns:us-east-1:111111111111:agentpost-inbound"
+    ]
+    envelope = {
+        "Type": "Notification",
+        "MessageId": "m-1",
+        "TopicArn": "arn:aws:sns:us-east-1:111111111111:agentpost-inbound",
+        "Message": "{}",
+        "Timestamp": "2026-01-01T00:00:00.000Z",
+        "SignatureVersion": ["1"],
+        "Signature": "AAAA",
+        "SigningCertURL": "https://sns.us-east-1.amazonaws.com/x.pem",
+    }
+    response = client.post(
+        "/inbound/ses",
+        json.dumps(envelope),
+        content_type="text/plain",
+        HTTP_X_AMZ_SNS_MESSAGE_TYPE="Notification",
+    )
+    assert response.status_code == 403

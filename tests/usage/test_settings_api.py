@@ -208,3 +208,26 @@ def test_an_org_locked_out_by_its_own_cap_can_still_lift_it(billing, api, org):
 
     assert response.status_code == 200
     assert api.get(f"/organizations/{org.id}").status_code == 200
+
+
+def test_an_org_cannot_loosen_or_remove_a_staff_override(api, org, billing):
+    from django.utils import timezone
+
+    from usage import services
+
+    services.update_limit_overrides(
+        org=org,
+        changes={"messages_sent": {"limit": 10, "mode": "hard"}},
+        now=timezone.now(),
+        by_staff=True,
+    )
+    url = f"/organizations/{org.id}/settings"
+    for change in (None, {"limit": None}, {"limit": 11}, {"mode": "soft"}):
+        response = api.patch(url, {"limits": {"messages_sent": change}})
+        assert response.status_code == 400, change
+    assert api.get(url).json()["limits"]["messages_sent"]["limit"] == 10
+    # Tightening is still the org's to do.
+    response = api.patch(url, {"limits": {"messages_sent": {"limit": 5}}})
+    assert response.status_code == 200
+    assert response.json()["limits"]["messages_sent"]["limit"] == 5
+    assert api.patch(url, {"limits": {"messages_sent": None}}).status_code == 400
