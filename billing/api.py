@@ -1,6 +1,7 @@
 from django.conf import settings
 from django.core.validators import URLValidator
 from django.utils import timezone
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.response import Response
@@ -100,7 +101,7 @@ def subscription_body(org) -> dict:
 
 
 class CheckoutView(BillingView):
-    @extend_schema(request=CheckoutIn)
+    @extend_schema(request=CheckoutIn, responses=OpenApiTypes.OBJECT)
     def post(self, request):
         data = CheckoutIn.validate_input(request.data)
         url = services.start_checkout(
@@ -114,7 +115,7 @@ class CheckoutView(BillingView):
 
 
 class PortalView(BillingView):
-    @extend_schema(request=PortalIn)
+    @extend_schema(request=PortalIn, responses=OpenApiTypes.OBJECT)
     def post(self, request):
         data = PortalIn.validate_input(request.data)
         url = services.portal_url(
@@ -126,12 +127,13 @@ class PortalView(BillingView):
 
 
 class SubscriptionView(BillingView):
+    @extend_schema(responses=OpenApiTypes.OBJECT)
     def get(self, request):
         return Response(subscription_body(self.org))
 
 
 class ChangePlanView(BillingView):
-    @extend_schema(request=ChangePlanIn)
+    @extend_schema(request=ChangePlanIn, responses=OpenApiTypes.OBJECT)
     def post(self, request):
         data = ChangePlanIn.validate_input(request.data)
         change = services.change_plan(
@@ -157,7 +159,7 @@ class ChangePlanView(BillingView):
 
 
 class CancelView(BillingView):
-    @extend_schema(request=CancelIn)
+    @extend_schema(request=CancelIn, responses=OpenApiTypes.OBJECT)
     def post(self, request):
         data = CancelIn.validate_input(request.data)
         services.cancel_subscription(
@@ -172,7 +174,7 @@ class CancelView(BillingView):
 
 
 class ResumeView(BillingView):
-    @extend_schema(request=None)
+    @extend_schema(request=None, responses=OpenApiTypes.OBJECT)
     def post(self, request):
         services.resume_subscription(
             org=self.org,

@@ -4,7 +4,7 @@ from django.conf import settings
 from django.http import StreamingHttpResponse
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import serializers
 from rest_framework.response import Response
 
@@ -17,6 +17,7 @@ from retention.models import RetentionNotice, RetentionRun
 RECENT = 10
 
 
+@extend_schema_field({"type": "integer", "minimum": 1, "nullable": True})
 class RetentionDaysField(serializers.Field):
     """A whole number of days, or null; refuses strings, floats and booleans."""
 

@@ -1,4 +1,6 @@
 from django.utils import timezone
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.response import Response
 
@@ -65,6 +67,7 @@ class UsageView(OrgAPIView):
     allowed_when_suspended = True
     enforce_api_calls = False
 
+    @extend_schema(responses=OpenApiTypes.OBJECT)
     def get(self, request, org_id: str):
         self.check_org_id(org_id)
         return Response(services.get_usage(org=self.org, now=timezone.now()))
@@ -74,6 +77,7 @@ class UsageHistoryView(OrgAPIView):
     allowed_when_suspended = True
     enforce_api_calls = False
 
+    @extend_schema(responses=OpenApiTypes.OBJECT)
     def get(self, request, org_id: str):
         self.check_org_id(org_id)
         raw = request.query_params.get("days", str(services.HISTORY_DAYS_DEFAULT))
@@ -96,10 +100,12 @@ class SettingsView(OrgAPIView):
     # An org that set its own api_calls limit too low must be able to undo it.
     enforce_api_calls = False
 
+    @extend_schema(responses=OpenApiTypes.OBJECT)
     def get(self, request, org_id: str):
         self.check_org_id(org_id)
         return Response(services.get_settings(org=self.org))
 
+    @extend_schema(request=SettingsIn, responses=OpenApiTypes.OBJECT)
     def patch(self, request, org_id: str):
         self.check_org_id(org_id)
         data = SettingsIn.validate_input(request.data)

@@ -1,3 +1,4 @@
+from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.response import Response
 
@@ -21,6 +22,7 @@ class OrganizationOut(serializers.ModelSerializer):
 
 
 class OrganizationView(OrgAPIView):
+    @extend_schema(responses=OrganizationOut)
     def get(self, request, org_id: str):
         self.check_org_id(org_id)
         return Response(OrganizationOut(self.org).data)

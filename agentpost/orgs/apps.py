@@ -5,3 +5,6 @@ class OrgsConfig(AppConfig):
     name = "agentpost.orgs"
     label = "orgs"
     verbose_name = "Organizations"
+
+    def ready(self) -> None:
+        from agentpost.orgs import schema  # noqa: F401  (registers the auth scheme)

@@ -24,5 +24,25 @@ def test_the_openapi_schema_describes_the_api(client):
     response = client.get("/openapi.json")
     assert response.status_code == 200
     paths = response.json()["paths"]
-    assert "/inboxes/{inbox_id}/messages" in paths
-    assert "/organizations/{org_id}/usage" in paths
+    for path in (
+        "/inboxes/{inbox_id}/messages",
+        "/organizations/{org_id}",
+        "/organizations/{org_id}/usage",
+        "/organizations/{org_id}/usage/history",
+        "/organizations/{org_id}/settings",
+        "/organizations/{org_id}/retention-policy",
+        "/organizations/{org_id}/export",
+        "/billing/checkout",
+        "/billing/portal",
+        "/billing/subscription",
+        "/billing/subscription/change-plan",
+        "/billing/subscription/cancel",
+        "/webhooks",
+    ):
+        assert path in paths, path
+    security = response.json()["components"]["securitySchemes"]
+    assert security["apiKey"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "An org's API key: `Authorization: Bearer ap_...`.",
+    }
