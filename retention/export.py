@@ -259,7 +259,7 @@ def _organization(org: Organization) -> dict:
     return {
         "id": org.id,
         "name": org.name,
-        "plan": org.plan,
+        "plan": org.effective_plan,
         "billing_email": org.billing_email,
         "billing_state": org.billing_state,
         "grace_deadline": org.grace_deadline,

@@ -16,11 +16,9 @@ from django.db import connection
 from django.utils.dateparse import parse_datetime
 
 from agentpost import metering
-from agentpost.orgs.models import Organization
+from agentpost.orgs.models import SELFHOSTED_PLAN, Organization
 from usage.models import DEFAULT_WARNING_THRESHOLD, LimitOverride, Mode, PlanLimit
 from usage.periods import Period, period_between
-
-SELFHOSTED_PLAN = "selfhosted"
 
 
 @dataclass(frozen=True)

@@ -74,7 +74,11 @@ def refusal_reason(address: IPAddress, *, allow_loopback: bool) -> str | None:
     if address in METADATA_ADDRESSES:
         return "a cloud metadata address"
     if address.is_loopback:
-        return None if allow_loopback else "a loopback address"
+        if allow_loopback:
+            return None
+        return (
+            "a loopback address (allowed only with WEBHOOKS_ALLOW_PRIVATE_TARGETS=true)"
+        )
     if address.is_unspecified:
         return "an unspecified address"
     if address.is_multicast:

@@ -7,6 +7,8 @@ from agentpost.orgs.models import Organization
 
 
 class OrganizationOut(serializers.ModelSerializer):
+    plan = serializers.CharField(source="effective_plan")
+
     class Meta:
         model = Organization
         fields = [

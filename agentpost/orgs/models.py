@@ -9,6 +9,8 @@ from django.db import models
 from agentpost.ids import PrefixedIdField
 
 API_KEY_TOKEN_PREFIX = "ap_"
+# Every org is on this plan, without limits, while billing is off.
+SELFHOSTED_PLAN = "selfhosted"
 
 
 class Organization(models.Model):
@@ -45,6 +47,11 @@ class Organization(models.Model):
             return self.billing_email
         owner = self.owners().first()
         return owner.email if owner else ""
+
+    @property
+    def effective_plan(self) -> str:
+        """The plan in force: the org's own, or the self-hosted one without billing."""
+        return self.plan if settings.BILLING_ENABLED else SELFHOSTED_PLAN
 
     @property
     def is_suspended(self) -> bool:

@@ -12,7 +12,7 @@
   function show(meter) {
     var el = container.querySelector('[data-counter="' + meter.counter + '"]');
     if (!el) return;
-    el.querySelector(".current").textContent = meter.is_bytes ? bytes(meter.current) : String(meter.current);
+    el.querySelector(".current").textContent = meter.is_bytes ? bytes(meter.current) : meter.current.toLocaleString("en-US");
     var fill = el.querySelector(".fill");
     fill.style.width = meter.bar + "%";
     fill.className = "fill " + meter.state;

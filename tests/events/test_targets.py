@@ -11,8 +11,14 @@ from tests.events.conftest import Reply
 
 REFUSED = [
     # IPv4
-    ("127.0.0.1", "a loopback address"),
-    ("127.255.0.9", "a loopback address"),
+    (
+        "127.0.0.1",
+        "a loopback address (allowed only with WEBHOOKS_ALLOW_PRIVATE_TARGETS=true)",
+    ),
+    (
+        "127.255.0.9",
+        "a loopback address (allowed only with WEBHOOKS_ALLOW_PRIVATE_TARGETS=true)",
+    ),
     ("10.1.2.3", "a private address"),
     ("172.16.0.1", "a private address"),
     ("192.168.1.1", "a private address"),
@@ -32,7 +38,10 @@ REFUSED = [
     ("192.0.2.1", "a private address"),
     ("198.18.0.1", "a private address"),
     # IPv6
-    ("::1", "a loopback address"),
+    (
+        "::1",
+        "a loopback address (allowed only with WEBHOOKS_ALLOW_PRIVATE_TARGETS=true)",
+    ),
     ("::", "an unspecified address"),
     ("fe80::1", "a link-local address"),
     ("fc00::1", "a private address"),
@@ -42,14 +51,23 @@ REFUSED = [
     ("fd00:ec2::254", "a cloud metadata address"),
     ("2001:db8::1", "a private address"),
     # IPv6 that carries IPv4: mapped, NAT64 and 6to4
-    ("::ffff:127.0.0.1", "a loopback address"),
+    (
+        "::ffff:127.0.0.1",
+        "a loopback address (allowed only with WEBHOOKS_ALLOW_PRIVATE_TARGETS=true)",
+    ),
     ("::ffff:10.0.0.1", "a private address"),
     ("::ffff:169.254.169.254", "a cloud metadata address"),
     ("::ffff:100.64.0.1", "a carrier-grade NAT address"),
     ("64:ff9b::a9fe:a9fe", "a cloud metadata address"),
-    ("64:ff9b::7f00:1", "a loopback address"),
+    (
+        "64:ff9b::7f00:1",
+        "a loopback address (allowed only with WEBHOOKS_ALLOW_PRIVATE_TARGETS=true)",
+    ),
     ("2002:c0a8:101::1", "a private address"),
-    ("2002:7f00:1::", "a loopback address"),
+    (
+        "2002:7f00:1::",
+        "a loopback address (allowed only with WEBHOOKS_ALLOW_PRIVATE_TARGETS=true)",
+    ),
 ]
 
 

@@ -46,3 +46,16 @@ def test_the_openapi_schema_describes_the_api(client):
         "scheme": "bearer",
         "description": "An org's API key: `Authorization: Bearer ap_...`.",
     }
+
+
+def test_the_docs_page_needs_no_cdn(client):
+    page = client.get("/docs").content.decode()
+    assert "/static/drf_spectacular_sidecar/redoc/" in page
+    assert "cdn.jsdelivr.net" not in page
+
+
+def test_without_billing_the_org_shows_the_selfhosted_plan(api, org, settings):
+    settings.BILLING_ENABLED = False
+    assert api.get(f"/organizations/{org.id}").json()["plan"] == "selfhosted"
+    settings.BILLING_ENABLED = True
+    assert api.get(f"/organizations/{org.id}").json()["plan"] == "free"
