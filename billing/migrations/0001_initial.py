@@ -5,95 +5,209 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('orgs', '0001_initial'),
-        ('usage', '0002_seed_plans'),
+        ("orgs", "0001_initial"),
+        ("usage", "0002_seed_plans"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='OrgSubscription',
+            name="OrgSubscription",
             fields=[
-                ('org', models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, primary_key=True, related_name='subscription', serialize=False, to='orgs.organization')),
-                ('stripe_customer_id', models.CharField(max_length=255, unique=True)),
-                ('stripe_subscription_id', models.CharField(blank=True, max_length=255)),
-                ('status', models.CharField(blank=True, max_length=30)),
-                ('plan_code', models.CharField(blank=True, max_length=50)),
-                ('stripe_price_id', models.CharField(blank=True, max_length=255)),
-                ('cancel_at_period_end', models.BooleanField(default=False)),
-                ('current_period_start', models.DateTimeField(blank=True, null=True)),
-                ('current_period_end', models.DateTimeField(blank=True, null=True)),
-                ('grace_period_days', models.PositiveSmallIntegerField(blank=True, help_text="Staff override of the plan's grace period.", null=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
+                (
+                    "org",
+                    models.OneToOneField(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        primary_key=True,
+                        related_name="subscription",
+                        serialize=False,
+                        to="orgs.organization",
+                    ),
+                ),
+                ("stripe_customer_id", models.CharField(max_length=255, unique=True)),
+                (
+                    "stripe_subscription_id",
+                    models.CharField(blank=True, max_length=255),
+                ),
+                ("status", models.CharField(blank=True, max_length=30)),
+                ("plan_code", models.CharField(blank=True, max_length=50)),
+                ("stripe_price_id", models.CharField(blank=True, max_length=255)),
+                ("cancel_at_period_end", models.BooleanField(default=False)),
+                ("current_period_start", models.DateTimeField(blank=True, null=True)),
+                ("current_period_end", models.DateTimeField(blank=True, null=True)),
+                (
+                    "grace_period_days",
+                    models.PositiveSmallIntegerField(
+                        blank=True,
+                        help_text="Staff override of the plan's grace period.",
+                        null=True,
+                    ),
+                ),
+                ("updated_at", models.DateTimeField(auto_now=True)),
             ],
         ),
         migrations.CreateModel(
-            name='PlanPrice',
+            name="PlanPrice",
             fields=[
-                ('plan', models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, primary_key=True, related_name='price', serialize=False, to='usage.plan')),
-                ('lookup_key', models.CharField(max_length=100, unique=True)),
-                ('unit_amount_cents', models.PositiveIntegerField()),
-                ('interval', models.CharField(choices=[('month', 'Month'), ('year', 'Year')], default='month', max_length=10)),
-                ('stripe_product_id', models.CharField(blank=True, max_length=100)),
-                ('stripe_price_id', models.CharField(blank=True, max_length=100)),
-                ('grace_period_days', models.PositiveSmallIntegerField(blank=True, help_text='Overrides BILLING_GRACE_PERIOD_DAYS for this plan.', null=True)),
-                ('sort_order', models.PositiveSmallIntegerField(default=0)),
+                (
+                    "plan",
+                    models.OneToOneField(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        primary_key=True,
+                        related_name="price",
+                        serialize=False,
+                        to="usage.plan",
+                    ),
+                ),
+                ("lookup_key", models.CharField(max_length=100, unique=True)),
+                ("unit_amount_cents", models.PositiveIntegerField()),
+                (
+                    "interval",
+                    models.CharField(
+                        choices=[("month", "Month"), ("year", "Year")],
+                        default="month",
+                        max_length=10,
+                    ),
+                ),
+                ("stripe_product_id", models.CharField(blank=True, max_length=100)),
+                ("stripe_price_id", models.CharField(blank=True, max_length=100)),
+                (
+                    "grace_period_days",
+                    models.PositiveSmallIntegerField(
+                        blank=True,
+                        help_text="Overrides BILLING_GRACE_PERIOD_DAYS for this plan.",
+                        null=True,
+                    ),
+                ),
+                ("sort_order", models.PositiveSmallIntegerField(default=0)),
             ],
             options={
-                'ordering': ['sort_order', 'unit_amount_cents'],
+                "ordering": ["sort_order", "unit_amount_cents"],
             },
         ),
         migrations.CreateModel(
-            name='PaymentGrant',
+            name="PaymentGrant",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('invoice_id', models.CharField(max_length=255, unique=True)),
-                ('amount_paid_cents', models.BigIntegerField()),
-                ('granted_at', models.DateTimeField()),
-                ('org', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='orgs.organization')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True,
+                        primary_key=True,
+                        serialize=False,
+                        verbose_name="ID",
+                    ),
+                ),
+                ("invoice_id", models.CharField(max_length=255, unique=True)),
+                ("amount_paid_cents", models.BigIntegerField()),
+                ("granted_at", models.DateTimeField()),
+                (
+                    "org",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="+",
+                        to="orgs.organization",
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='DunningCase',
+            name="DunningCase",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('invoice_id', models.CharField(max_length=255, unique=True)),
-                ('amount_due_cents', models.BigIntegerField(default=0)),
-                ('hosted_invoice_url', models.URLField(blank=True, max_length=500)),
-                ('first_failed_at', models.DateTimeField()),
-                ('grace_deadline', models.DateTimeField()),
-                ('attempts', models.PositiveIntegerField(default=1)),
-                ('final', models.BooleanField(default=False)),
-                ('reminder_sent_at', models.DateTimeField(blank=True, null=True)),
-                ('suspended_at', models.DateTimeField(blank=True, null=True)),
-                ('resolved_at', models.DateTimeField(blank=True, null=True)),
-                ('org', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='orgs.organization')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True,
+                        primary_key=True,
+                        serialize=False,
+                        verbose_name="ID",
+                    ),
+                ),
+                ("invoice_id", models.CharField(max_length=255, unique=True)),
+                ("amount_due_cents", models.BigIntegerField(default=0)),
+                ("hosted_invoice_url", models.URLField(blank=True, max_length=500)),
+                ("first_failed_at", models.DateTimeField()),
+                ("grace_deadline", models.DateTimeField()),
+                ("attempts", models.PositiveIntegerField(default=1)),
+                ("final", models.BooleanField(default=False)),
+                ("reminder_sent_at", models.DateTimeField(blank=True, null=True)),
+                ("suspended_at", models.DateTimeField(blank=True, null=True)),
+                ("resolved_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "org",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="+",
+                        to="orgs.organization",
+                    ),
+                ),
             ],
             options={
-                'indexes': [models.Index(fields=['org', 'resolved_at'], name='billing_dun_org_id_ae5a33_idx')],
+                "indexes": [
+                    models.Index(
+                        fields=["org", "resolved_at"],
+                        name="billing_dun_org_id_ae5a33_idx",
+                    )
+                ],
             },
         ),
         migrations.CreateModel(
-            name='StripeEvent',
+            name="StripeEvent",
             fields=[
-                ('id', models.CharField(max_length=255, primary_key=True, serialize=False)),
-                ('type', models.CharField(max_length=100)),
-                ('api_version', models.CharField(blank=True, max_length=50)),
-                ('livemode', models.BooleanField(default=False)),
-                ('created', models.DateTimeField(help_text='When Stripe created the event.')),
-                ('payload', models.JSONField()),
-                ('status', models.CharField(choices=[('pending', 'Pending'), ('processing', 'Processing'), ('processed', 'Processed'), ('ignored', 'Ignored'), ('failed', 'Failed')], default='pending', max_length=20)),
-                ('detail', models.TextField(blank=True, help_text='Why it was ignored, or the error.')),
-                ('attempts', models.PositiveIntegerField(default=0)),
-                ('received_at', models.DateTimeField()),
-                ('processed_at', models.DateTimeField(blank=True, null=True)),
-                ('org', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='orgs.organization')),
+                (
+                    "id",
+                    models.CharField(max_length=255, primary_key=True, serialize=False),
+                ),
+                ("type", models.CharField(max_length=100)),
+                ("api_version", models.CharField(blank=True, max_length=50)),
+                ("livemode", models.BooleanField(default=False)),
+                (
+                    "created",
+                    models.DateTimeField(help_text="When Stripe created the event."),
+                ),
+                ("payload", models.JSONField()),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("pending", "Pending"),
+                            ("processing", "Processing"),
+                            ("processed", "Processed"),
+                            ("ignored", "Ignored"),
+                            ("failed", "Failed"),
+                        ],
+                        default="pending",
+                        max_length=20,
+                    ),
+                ),
+                (
+                    "detail",
+                    models.TextField(
+                        blank=True, help_text="Why it was ignored, or the error."
+                    ),
+                ),
+                ("attempts", models.PositiveIntegerField(default=0)),
+                ("received_at", models.DateTimeField()),
+                ("processed_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "org",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to="orgs.organization",
+                    ),
+                ),
             ],
             options={
-                'indexes': [models.Index(fields=['status', 'received_at'], name='billing_str_status_e573d7_idx')],
+                "indexes": [
+                    models.Index(
+                        fields=["status", "received_at"],
+                        name="billing_str_status_e573d7_idx",
+                    )
+                ],
             },
         ),
     ]

@@ -6,27 +6,57 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('orgs', '0001_initial'),
+        ("orgs", "0001_initial"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='WeeklySummary',
+            name="WeeklySummary",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('week_start', models.DateField(help_text='The Monday (UTC) of the week it covers.')),
-                ('sent_at', models.DateTimeField()),
-                ('org', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='orgs.organization')),
-                ('user', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True,
+                        primary_key=True,
+                        serialize=False,
+                        verbose_name="ID",
+                    ),
+                ),
+                (
+                    "week_start",
+                    models.DateField(
+                        help_text="The Monday (UTC) of the week it covers."
+                    ),
+                ),
+                ("sent_at", models.DateTimeField()),
+                (
+                    "org",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="+",
+                        to="orgs.organization",
+                    ),
+                ),
+                (
+                    "user",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'verbose_name_plural': 'weekly summaries',
-                'constraints': [models.UniqueConstraint(fields=('org', 'user', 'week_start'), name='one_summary_per_owner_week')],
+                "verbose_name_plural": "weekly summaries",
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("org", "user", "week_start"),
+                        name="one_summary_per_owner_week",
+                    )
+                ],
             },
         ),
     ]

@@ -5,101 +5,222 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('orgs', '0001_initial'),
+        ("orgs", "0001_initial"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='RetentionPolicy',
+            name="RetentionPolicy",
             fields=[
-                ('org', models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, primary_key=True, related_name='retention_policy', serialize=False, to='orgs.organization')),
-                ('retention_days', models.PositiveIntegerField(blank=True, null=True)),
-                ('warned_through', models.DateTimeField(blank=True, null=True)),
-                ('warned_at', models.DateTimeField(blank=True, null=True)),
-                ('updated_at', models.DateTimeField()),
+                (
+                    "org",
+                    models.OneToOneField(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        primary_key=True,
+                        related_name="retention_policy",
+                        serialize=False,
+                        to="orgs.organization",
+                    ),
+                ),
+                ("retention_days", models.PositiveIntegerField(blank=True, null=True)),
+                ("warned_through", models.DateTimeField(blank=True, null=True)),
+                ("warned_at", models.DateTimeField(blank=True, null=True)),
+                ("updated_at", models.DateTimeField()),
             ],
             options={
-                'verbose_name_plural': 'retention policies',
+                "verbose_name_plural": "retention policies",
             },
         ),
         migrations.CreateModel(
-            name='MissingFile',
+            name="MissingFile",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('kind', models.CharField(choices=[('attachment', 'Attachment'), ('raw', 'Raw')], max_length=10)),
-                ('object_id', models.CharField(max_length=40)),
-                ('name', models.CharField(max_length=300, unique=True)),
-                ('first_seen_at', models.DateTimeField()),
-                ('last_seen_at', models.DateTimeField()),
-                ('resolved_at', models.DateTimeField(blank=True, null=True)),
-                ('org', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='orgs.organization')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True,
+                        primary_key=True,
+                        serialize=False,
+                        verbose_name="ID",
+                    ),
+                ),
+                (
+                    "kind",
+                    models.CharField(
+                        choices=[("attachment", "Attachment"), ("raw", "Raw")],
+                        max_length=10,
+                    ),
+                ),
+                ("object_id", models.CharField(max_length=40)),
+                ("name", models.CharField(max_length=300, unique=True)),
+                ("first_seen_at", models.DateTimeField()),
+                ("last_seen_at", models.DateTimeField()),
+                ("resolved_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "org",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="+",
+                        to="orgs.organization",
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='RetentionRun',
+            name="RetentionRun",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('cutoff', models.DateTimeField()),
-                ('status', models.CharField(choices=[('running', 'Running'), ('finished', 'Finished'), ('failed', 'Failed')], default='running', max_length=10)),
-                ('messages', models.BigIntegerField(default=0)),
-                ('attachments', models.BigIntegerField(default=0)),
-                ('bytes', models.BigIntegerField(default=0)),
-                ('batches', models.IntegerField(default=0)),
-                ('error', models.TextField(blank=True)),
-                ('started_at', models.DateTimeField()),
-                ('finished_at', models.DateTimeField(blank=True, null=True)),
-                ('org', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='retention_runs', to='orgs.organization')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True,
+                        primary_key=True,
+                        serialize=False,
+                        verbose_name="ID",
+                    ),
+                ),
+                ("cutoff", models.DateTimeField()),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("running", "Running"),
+                            ("finished", "Finished"),
+                            ("failed", "Failed"),
+                        ],
+                        default="running",
+                        max_length=10,
+                    ),
+                ),
+                ("messages", models.BigIntegerField(default=0)),
+                ("attachments", models.BigIntegerField(default=0)),
+                ("bytes", models.BigIntegerField(default=0)),
+                ("batches", models.IntegerField(default=0)),
+                ("error", models.TextField(blank=True)),
+                ("started_at", models.DateTimeField()),
+                ("finished_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "org",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="retention_runs",
+                        to="orgs.organization",
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='PendingFileDeletion',
+            name="PendingFileDeletion",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=300)),
-                ('created_at', models.DateTimeField()),
-                ('org', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='orgs.organization')),
-                ('run', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='retention.retentionrun')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True,
+                        primary_key=True,
+                        serialize=False,
+                        verbose_name="ID",
+                    ),
+                ),
+                ("name", models.CharField(max_length=300)),
+                ("created_at", models.DateTimeField()),
+                (
+                    "org",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="+",
+                        to="orgs.organization",
+                    ),
+                ),
+                (
+                    "run",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to="retention.retentionrun",
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='ExportLease',
+            name="ExportLease",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('started_at', models.DateTimeField()),
-                ('expires_at', models.DateTimeField()),
-                ('finished_at', models.DateTimeField(blank=True, null=True)),
-                ('org', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='orgs.organization')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True,
+                        primary_key=True,
+                        serialize=False,
+                        verbose_name="ID",
+                    ),
+                ),
+                ("started_at", models.DateTimeField()),
+                ("expires_at", models.DateTimeField()),
+                ("finished_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "org",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="+",
+                        to="orgs.organization",
+                    ),
+                ),
             ],
             options={
-                'indexes': [models.Index(fields=['org', 'expires_at'], name='retention_e_org_id_8eeea5_idx')],
+                "indexes": [
+                    models.Index(
+                        fields=["org", "expires_at"],
+                        name="retention_e_org_id_8eeea5_idx",
+                    )
+                ],
             },
         ),
         migrations.CreateModel(
-            name='RetentionNotice',
+            name="RetentionNotice",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('retention_days', models.PositiveIntegerField()),
-                ('cutoff', models.DateTimeField()),
-                ('messages', models.BigIntegerField(default=0)),
-                ('bytes', models.BigIntegerField(default=0)),
-                ('created_at', models.DateTimeField()),
-                ('send_started_at', models.DateTimeField(blank=True, null=True)),
-                ('sent_at', models.DateTimeField(blank=True, null=True)),
-                ('recipients', models.JSONField(blank=True, default=list)),
-                ('delete_after', models.DateTimeField(blank=True, null=True)),
-                ('superseded_at', models.DateTimeField(blank=True, null=True)),
-                ('org', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='retention_notices', to='orgs.organization')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True,
+                        primary_key=True,
+                        serialize=False,
+                        verbose_name="ID",
+                    ),
+                ),
+                ("retention_days", models.PositiveIntegerField()),
+                ("cutoff", models.DateTimeField()),
+                ("messages", models.BigIntegerField(default=0)),
+                ("bytes", models.BigIntegerField(default=0)),
+                ("created_at", models.DateTimeField()),
+                ("send_started_at", models.DateTimeField(blank=True, null=True)),
+                ("sent_at", models.DateTimeField(blank=True, null=True)),
+                ("recipients", models.JSONField(blank=True, default=list)),
+                ("delete_after", models.DateTimeField(blank=True, null=True)),
+                ("superseded_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "org",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="retention_notices",
+                        to="orgs.organization",
+                    ),
+                ),
             ],
             options={
-                'indexes': [models.Index(fields=['org', 'delete_after'], name='retention_r_org_id_828924_idx')],
+                "indexes": [
+                    models.Index(
+                        fields=["org", "delete_after"],
+                        name="retention_r_org_id_828924_idx",
+                    )
+                ],
             },
         ),
         migrations.AddIndex(
-            model_name='retentionrun',
-            index=models.Index(fields=['org', '-started_at'], name='retention_r_org_id_f3026e_idx'),
+            model_name="retentionrun",
+            index=models.Index(
+                fields=["org", "-started_at"], name="retention_r_org_id_f3026e_idx"
+            ),
         ),
     ]

@@ -6,94 +6,310 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('orgs', '0001_initial'),
+        ("orgs", "0001_initial"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='Plan',
+            name="Plan",
             fields=[
-                ('code', models.SlugField(primary_key=True, serialize=False)),
-                ('name', models.CharField(max_length=100)),
+                ("code", models.SlugField(primary_key=True, serialize=False)),
+                ("name", models.CharField(max_length=100)),
             ],
         ),
         migrations.CreateModel(
-            name='LimitOverride',
+            name="LimitOverride",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('counter', models.CharField(choices=[('messages_sent', 'messages_sent'), ('messages_received', 'messages_received'), ('storage_bytes', 'storage_bytes'), ('api_calls', 'api_calls'), ('webhook_deliveries', 'webhook_deliveries')], max_length=30)),
-                ('limit', models.BigIntegerField(blank=True, null=True, validators=[django.core.validators.MinValueValidator(0)])),
-                ('mode', models.CharField(blank=True, choices=[('hard', 'Hard'), ('soft', 'Soft')], max_length=4)),
-                ('warning_threshold', models.PositiveSmallIntegerField(blank=True, null=True, validators=[django.core.validators.MinValueValidator(1), django.core.validators.MaxValueValidator(100)])),
-                ('updated_at', models.DateTimeField()),
-                ('org', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='limit_overrides', to='orgs.organization')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True,
+                        primary_key=True,
+                        serialize=False,
+                        verbose_name="ID",
+                    ),
+                ),
+                (
+                    "counter",
+                    models.CharField(
+                        choices=[
+                            ("messages_sent", "messages_sent"),
+                            ("messages_received", "messages_received"),
+                            ("storage_bytes", "storage_bytes"),
+                            ("api_calls", "api_calls"),
+                            ("webhook_deliveries", "webhook_deliveries"),
+                        ],
+                        max_length=30,
+                    ),
+                ),
+                (
+                    "limit",
+                    models.BigIntegerField(
+                        blank=True,
+                        null=True,
+                        validators=[django.core.validators.MinValueValidator(0)],
+                    ),
+                ),
+                (
+                    "mode",
+                    models.CharField(
+                        blank=True,
+                        choices=[("hard", "Hard"), ("soft", "Soft")],
+                        max_length=4,
+                    ),
+                ),
+                (
+                    "warning_threshold",
+                    models.PositiveSmallIntegerField(
+                        blank=True,
+                        null=True,
+                        validators=[
+                            django.core.validators.MinValueValidator(1),
+                            django.core.validators.MaxValueValidator(100),
+                        ],
+                    ),
+                ),
+                ("updated_at", models.DateTimeField()),
+                (
+                    "org",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="limit_overrides",
+                        to="orgs.organization",
+                    ),
+                ),
             ],
             options={
-                'constraints': [models.UniqueConstraint(fields=('org', 'counter'), name='one_override_per_org_counter')],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("org", "counter"), name="one_override_per_org_counter"
+                    )
+                ],
             },
         ),
         migrations.CreateModel(
-            name='PlanLimit',
+            name="PlanLimit",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('counter', models.CharField(choices=[('messages_sent', 'messages_sent'), ('messages_received', 'messages_received'), ('storage_bytes', 'storage_bytes'), ('api_calls', 'api_calls'), ('webhook_deliveries', 'webhook_deliveries')], max_length=30)),
-                ('limit', models.BigIntegerField(blank=True, null=True, validators=[django.core.validators.MinValueValidator(0)])),
-                ('mode', models.CharField(choices=[('hard', 'Hard'), ('soft', 'Soft')], default='soft', max_length=4)),
-                ('warning_threshold', models.PositiveSmallIntegerField(default=80, help_text='Percent of the limit at which usage.warning fires.', validators=[django.core.validators.MinValueValidator(1), django.core.validators.MaxValueValidator(100)])),
-                ('plan', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='limits', to='usage.plan')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True,
+                        primary_key=True,
+                        serialize=False,
+                        verbose_name="ID",
+                    ),
+                ),
+                (
+                    "counter",
+                    models.CharField(
+                        choices=[
+                            ("messages_sent", "messages_sent"),
+                            ("messages_received", "messages_received"),
+                            ("storage_bytes", "storage_bytes"),
+                            ("api_calls", "api_calls"),
+                            ("webhook_deliveries", "webhook_deliveries"),
+                        ],
+                        max_length=30,
+                    ),
+                ),
+                (
+                    "limit",
+                    models.BigIntegerField(
+                        blank=True,
+                        null=True,
+                        validators=[django.core.validators.MinValueValidator(0)],
+                    ),
+                ),
+                (
+                    "mode",
+                    models.CharField(
+                        choices=[("hard", "Hard"), ("soft", "Soft")],
+                        default="soft",
+                        max_length=4,
+                    ),
+                ),
+                (
+                    "warning_threshold",
+                    models.PositiveSmallIntegerField(
+                        default=80,
+                        help_text="Percent of the limit at which usage.warning fires.",
+                        validators=[
+                            django.core.validators.MinValueValidator(1),
+                            django.core.validators.MaxValueValidator(100),
+                        ],
+                    ),
+                ),
+                (
+                    "plan",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="limits",
+                        to="usage.plan",
+                    ),
+                ),
             ],
             options={
-                'constraints': [models.UniqueConstraint(fields=('plan', 'counter'), name='one_limit_per_plan_counter')],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("plan", "counter"), name="one_limit_per_plan_counter"
+                    )
+                ],
             },
         ),
         migrations.CreateModel(
-            name='UsageAlert',
+            name="UsageAlert",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('counter', models.CharField(choices=[('messages_sent', 'messages_sent'), ('messages_received', 'messages_received'), ('storage_bytes', 'storage_bytes'), ('api_calls', 'api_calls'), ('webhook_deliveries', 'webhook_deliveries')], max_length=30)),
-                ('period_start', models.DateTimeField()),
-                ('kind', models.CharField(choices=[('warning', 'Warning'), ('exceeded', 'Exceeded')], max_length=10)),
-                ('limit', models.BigIntegerField()),
-                ('current', models.BigIntegerField()),
-                ('created_at', models.DateTimeField()),
-                ('org', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='usage_alerts', to='orgs.organization')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True,
+                        primary_key=True,
+                        serialize=False,
+                        verbose_name="ID",
+                    ),
+                ),
+                (
+                    "counter",
+                    models.CharField(
+                        choices=[
+                            ("messages_sent", "messages_sent"),
+                            ("messages_received", "messages_received"),
+                            ("storage_bytes", "storage_bytes"),
+                            ("api_calls", "api_calls"),
+                            ("webhook_deliveries", "webhook_deliveries"),
+                        ],
+                        max_length=30,
+                    ),
+                ),
+                ("period_start", models.DateTimeField()),
+                (
+                    "kind",
+                    models.CharField(
+                        choices=[("warning", "Warning"), ("exceeded", "Exceeded")],
+                        max_length=10,
+                    ),
+                ),
+                ("limit", models.BigIntegerField()),
+                ("current", models.BigIntegerField()),
+                ("created_at", models.DateTimeField()),
+                (
+                    "org",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="usage_alerts",
+                        to="orgs.organization",
+                    ),
+                ),
             ],
             options={
-                'indexes': [models.Index(fields=['org', '-created_at'], name='usage_usage_org_id_8fa809_idx')],
-                'constraints': [models.UniqueConstraint(fields=('org', 'counter', 'period_start', 'kind', 'limit'), name='one_alert_per_threshold')],
+                "indexes": [
+                    models.Index(
+                        fields=["org", "-created_at"],
+                        name="usage_usage_org_id_8fa809_idx",
+                    )
+                ],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("org", "counter", "period_start", "kind", "limit"),
+                        name="one_alert_per_threshold",
+                    )
+                ],
             },
         ),
         migrations.CreateModel(
-            name='UsageCounter',
+            name="UsageCounter",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('counter', models.CharField(choices=[('messages_sent', 'messages_sent'), ('messages_received', 'messages_received'), ('storage_bytes', 'storage_bytes'), ('api_calls', 'api_calls'), ('webhook_deliveries', 'webhook_deliveries')], max_length=30)),
-                ('period_start', models.DateTimeField()),
-                ('shard', models.PositiveSmallIntegerField(default=0)),
-                ('value', models.BigIntegerField(default=0)),
-                ('org', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='orgs.organization')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True,
+                        primary_key=True,
+                        serialize=False,
+                        verbose_name="ID",
+                    ),
+                ),
+                (
+                    "counter",
+                    models.CharField(
+                        choices=[
+                            ("messages_sent", "messages_sent"),
+                            ("messages_received", "messages_received"),
+                            ("storage_bytes", "storage_bytes"),
+                            ("api_calls", "api_calls"),
+                            ("webhook_deliveries", "webhook_deliveries"),
+                        ],
+                        max_length=30,
+                    ),
+                ),
+                ("period_start", models.DateTimeField()),
+                ("shard", models.PositiveSmallIntegerField(default=0)),
+                ("value", models.BigIntegerField(default=0)),
+                (
+                    "org",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="+",
+                        to="orgs.organization",
+                    ),
+                ),
             ],
             options={
-                'constraints': [models.UniqueConstraint(fields=('org', 'counter', 'period_start', 'shard'), name='one_counter_shard_per_period')],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("org", "counter", "period_start", "shard"),
+                        name="one_counter_shard_per_period",
+                    )
+                ],
             },
         ),
         migrations.CreateModel(
-            name='UsageDaily',
+            name="UsageDaily",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('counter', models.CharField(choices=[('messages_sent', 'messages_sent'), ('messages_received', 'messages_received'), ('storage_bytes', 'storage_bytes'), ('api_calls', 'api_calls'), ('webhook_deliveries', 'webhook_deliveries')], max_length=30)),
-                ('day', models.DateField()),
-                ('shard', models.PositiveSmallIntegerField(default=0)),
-                ('value', models.BigIntegerField(default=0)),
-                ('org', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='orgs.organization')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True,
+                        primary_key=True,
+                        serialize=False,
+                        verbose_name="ID",
+                    ),
+                ),
+                (
+                    "counter",
+                    models.CharField(
+                        choices=[
+                            ("messages_sent", "messages_sent"),
+                            ("messages_received", "messages_received"),
+                            ("storage_bytes", "storage_bytes"),
+                            ("api_calls", "api_calls"),
+                            ("webhook_deliveries", "webhook_deliveries"),
+                        ],
+                        max_length=30,
+                    ),
+                ),
+                ("day", models.DateField()),
+                ("shard", models.PositiveSmallIntegerField(default=0)),
+                ("value", models.BigIntegerField(default=0)),
+                (
+                    "org",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="+",
+                        to="orgs.organization",
+                    ),
+                ),
             ],
             options={
-                'verbose_name_plural': 'usage daily',
-                'constraints': [models.UniqueConstraint(fields=('org', 'counter', 'day', 'shard'), name='one_daily_shard')],
+                "verbose_name_plural": "usage daily",
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("org", "counter", "day", "shard"),
+                        name="one_daily_shard",
+                    )
+                ],
             },
         ),
     ]

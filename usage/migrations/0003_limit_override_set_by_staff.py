@@ -4,15 +4,14 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('usage', '0002_seed_plans'),
+        ("usage", "0002_seed_plans"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='limitoverride',
-            name='set_by_staff',
+            model_name="limitoverride",
+            name="set_by_staff",
             field=models.BooleanField(default=False),
         ),
     ]

@@ -7,25 +7,47 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('orgs', '0001_initial'),
+        ("orgs", "0001_initial"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='Event',
+            name="Event",
             fields=[
-                ('id', models.CharField(default=functools.partial(agentpost.ids.new_id, *('evt',), **{}), editable=False, max_length=34, primary_key=True, serialize=False)),
-                ('type', models.CharField(max_length=100)),
-                ('data', models.JSONField()),
-                ('created_at', models.DateTimeField()),
-                ('org', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='events', to='orgs.organization')),
+                (
+                    "id",
+                    models.CharField(
+                        default=functools.partial(
+                            agentpost.ids.new_id, *("evt",), **{}
+                        ),
+                        editable=False,
+                        max_length=34,
+                        primary_key=True,
+                        serialize=False,
+                    ),
+                ),
+                ("type", models.CharField(max_length=100)),
+                ("data", models.JSONField()),
+                ("created_at", models.DateTimeField()),
+                (
+                    "org",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="events",
+                        to="orgs.organization",
+                    ),
+                ),
             ],
             options={
-                'indexes': [models.Index(fields=['org', 'type', '-created_at'], name='events_even_org_id_af24e8_idx')],
+                "indexes": [
+                    models.Index(
+                        fields=["org", "type", "-created_at"],
+                        name="events_even_org_id_af24e8_idx",
+                    )
+                ],
             },
         ),
     ]

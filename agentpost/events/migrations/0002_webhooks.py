@@ -7,82 +7,198 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('events', '0001_initial'),
-        ('orgs', '0001_initial'),
+        ("events", "0001_initial"),
+        ("orgs", "0001_initial"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='WebhookEndpoint',
+            name="WebhookEndpoint",
             fields=[
-                ('id', models.CharField(default=functools.partial(agentpost.ids.new_id, *('whk',), **{}), editable=False, max_length=34, primary_key=True, serialize=False)),
-                ('url', models.CharField(max_length=2048)),
-                ('description', models.CharField(blank=True, max_length=500)),
-                ('event_types', models.JSONField(default=list)),
-                ('enabled', models.BooleanField(default=True)),
-                ('disabled_reason', models.CharField(blank=True, choices=[('', 'enabled'), ('by_user', 'disabled by the org'), ('failing', 'disabled after sustained failure')], max_length=20)),
-                ('disabled_at', models.DateTimeField(blank=True, null=True)),
-                ('secret_encrypted', models.TextField(editable=False)),
-                ('previous_secret_encrypted', models.TextField(blank=True, editable=False)),
-                ('previous_secret_expires_at', models.DateTimeField(blank=True, null=True)),
-                ('failing_since', models.DateTimeField(blank=True, null=True)),
-                ('created_at', models.DateTimeField()),
-                ('updated_at', models.DateTimeField()),
-                ('org', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='webhook_endpoints', to='orgs.organization')),
+                (
+                    "id",
+                    models.CharField(
+                        default=functools.partial(
+                            agentpost.ids.new_id, *("whk",), **{}
+                        ),
+                        editable=False,
+                        max_length=34,
+                        primary_key=True,
+                        serialize=False,
+                    ),
+                ),
+                ("url", models.CharField(max_length=2048)),
+                ("description", models.CharField(blank=True, max_length=500)),
+                ("event_types", models.JSONField(default=list)),
+                ("enabled", models.BooleanField(default=True)),
+                (
+                    "disabled_reason",
+                    models.CharField(
+                        blank=True,
+                        choices=[
+                            ("", "enabled"),
+                            ("by_user", "disabled by the org"),
+                            ("failing", "disabled after sustained failure"),
+                        ],
+                        max_length=20,
+                    ),
+                ),
+                ("disabled_at", models.DateTimeField(blank=True, null=True)),
+                ("secret_encrypted", models.TextField(editable=False)),
+                (
+                    "previous_secret_encrypted",
+                    models.TextField(blank=True, editable=False),
+                ),
+                (
+                    "previous_secret_expires_at",
+                    models.DateTimeField(blank=True, null=True),
+                ),
+                ("failing_since", models.DateTimeField(blank=True, null=True)),
+                ("created_at", models.DateTimeField()),
+                ("updated_at", models.DateTimeField()),
+                (
+                    "org",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="webhook_endpoints",
+                        to="orgs.organization",
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='Delivery',
+            name="Delivery",
             fields=[
-                ('id', models.CharField(default=functools.partial(agentpost.ids.new_id, *('dlv',), **{}), editable=False, max_length=34, primary_key=True, serialize=False)),
-                ('status', models.CharField(choices=[('pending', 'Pending'), ('delivering', 'Delivering'), ('succeeded', 'Succeeded'), ('failed', 'Failed')], default='pending', max_length=12)),
-                ('attempt_count', models.PositiveIntegerField(default=0)),
-                ('next_attempt_at', models.DateTimeField(blank=True, null=True)),
-                ('last_attempt_at', models.DateTimeField(blank=True, null=True)),
-                ('last_status_code', models.PositiveIntegerField(blank=True, null=True)),
-                ('last_error', models.TextField(blank=True)),
-                ('completed_at', models.DateTimeField(blank=True, null=True)),
-                ('created_at', models.DateTimeField()),
-                ('event', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='events.event')),
-                ('org', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='webhook_deliveries', to='orgs.organization')),
-                ('replay_of', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='events.delivery')),
-                ('endpoint', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='deliveries', to='events.webhookendpoint')),
+                (
+                    "id",
+                    models.CharField(
+                        default=functools.partial(
+                            agentpost.ids.new_id, *("dlv",), **{}
+                        ),
+                        editable=False,
+                        max_length=34,
+                        primary_key=True,
+                        serialize=False,
+                    ),
+                ),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("pending", "Pending"),
+                            ("delivering", "Delivering"),
+                            ("succeeded", "Succeeded"),
+                            ("failed", "Failed"),
+                        ],
+                        default="pending",
+                        max_length=12,
+                    ),
+                ),
+                ("attempt_count", models.PositiveIntegerField(default=0)),
+                ("next_attempt_at", models.DateTimeField(blank=True, null=True)),
+                ("last_attempt_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "last_status_code",
+                    models.PositiveIntegerField(blank=True, null=True),
+                ),
+                ("last_error", models.TextField(blank=True)),
+                ("completed_at", models.DateTimeField(blank=True, null=True)),
+                ("created_at", models.DateTimeField()),
+                (
+                    "event",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="+",
+                        to="events.event",
+                    ),
+                ),
+                (
+                    "org",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="webhook_deliveries",
+                        to="orgs.organization",
+                    ),
+                ),
+                (
+                    "replay_of",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to="events.delivery",
+                    ),
+                ),
+                (
+                    "endpoint",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="deliveries",
+                        to="events.webhookendpoint",
+                    ),
+                ),
             ],
             options={
-                'verbose_name_plural': 'deliveries',
+                "verbose_name_plural": "deliveries",
             },
         ),
         migrations.CreateModel(
-            name='DeliveryAttempt',
+            name="DeliveryAttempt",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('number', models.PositiveIntegerField()),
-                ('started_at', models.DateTimeField()),
-                ('finished_at', models.DateTimeField(blank=True, null=True)),
-                ('succeeded', models.BooleanField(default=False)),
-                ('status_code', models.PositiveIntegerField(blank=True, null=True)),
-                ('latency_ms', models.PositiveIntegerField(blank=True, null=True)),
-                ('response_excerpt', models.TextField(blank=True)),
-                ('error', models.TextField(blank=True)),
-                ('delivery', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='attempts', to='events.delivery')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True,
+                        primary_key=True,
+                        serialize=False,
+                        verbose_name="ID",
+                    ),
+                ),
+                ("number", models.PositiveIntegerField()),
+                ("started_at", models.DateTimeField()),
+                ("finished_at", models.DateTimeField(blank=True, null=True)),
+                ("succeeded", models.BooleanField(default=False)),
+                ("status_code", models.PositiveIntegerField(blank=True, null=True)),
+                ("latency_ms", models.PositiveIntegerField(blank=True, null=True)),
+                ("response_excerpt", models.TextField(blank=True)),
+                ("error", models.TextField(blank=True)),
+                (
+                    "delivery",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="attempts",
+                        to="events.delivery",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['delivery', 'number'],
-                'constraints': [models.UniqueConstraint(fields=('delivery', 'number'), name='one_attempt_per_number')],
+                "ordering": ["delivery", "number"],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("delivery", "number"), name="one_attempt_per_number"
+                    )
+                ],
             },
         ),
         migrations.AddIndex(
-            model_name='webhookendpoint',
-            index=models.Index(fields=['org', 'enabled'], name='events_webh_org_id_c44b40_idx'),
+            model_name="webhookendpoint",
+            index=models.Index(
+                fields=["org", "enabled"], name="events_webh_org_id_c44b40_idx"
+            ),
         ),
         migrations.AddIndex(
-            model_name='delivery',
-            index=models.Index(fields=['status', 'next_attempt_at'], name='events_deli_status_ff8f7b_idx'),
+            model_name="delivery",
+            index=models.Index(
+                fields=["status", "next_attempt_at"],
+                name="events_deli_status_ff8f7b_idx",
+            ),
         ),
         migrations.AddIndex(
-            model_name='delivery',
-            index=models.Index(fields=['endpoint', '-id'], name='events_deli_endpoin_c86f31_idx'),
+            model_name="delivery",
+            index=models.Index(
+                fields=["endpoint", "-id"], name="events_deli_endpoin_c86f31_idx"
+            ),
         ),
     ]

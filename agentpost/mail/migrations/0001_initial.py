@@ -8,88 +8,225 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('orgs', '0001_initial'),
+        ("orgs", "0001_initial"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='Inbox',
+            name="Inbox",
             fields=[
-                ('id', models.CharField(default=functools.partial(agentpost.ids.new_id, *('inb',), **{}), editable=False, max_length=34, primary_key=True, serialize=False)),
-                ('address', models.CharField(max_length=254, unique=True)),
-                ('display_name', models.CharField(blank=True, max_length=200)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('org', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='inboxes', to='orgs.organization')),
+                (
+                    "id",
+                    models.CharField(
+                        default=functools.partial(
+                            agentpost.ids.new_id, *("inb",), **{}
+                        ),
+                        editable=False,
+                        max_length=34,
+                        primary_key=True,
+                        serialize=False,
+                    ),
+                ),
+                ("address", models.CharField(max_length=254, unique=True)),
+                ("display_name", models.CharField(blank=True, max_length=200)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "org",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="inboxes",
+                        to="orgs.organization",
+                    ),
+                ),
             ],
             options={
-                'verbose_name_plural': 'inboxes',
+                "verbose_name_plural": "inboxes",
             },
         ),
         migrations.CreateModel(
-            name='Message',
+            name="Message",
             fields=[
-                ('id', models.CharField(default=functools.partial(agentpost.ids.new_id, *('msg',), **{}), editable=False, max_length=34, primary_key=True, serialize=False)),
-                ('direction', models.CharField(choices=[('outbound', 'Outbound'), ('inbound', 'Inbound')], max_length=10)),
-                ('status', models.CharField(choices=[('queued', 'Queued'), ('sending', 'Sending'), ('sent', 'Sent'), ('failed', 'Failed'), ('received', 'Received'), ('held', 'Held')], max_length=10)),
-                ('from_address', models.CharField(blank=True, max_length=998)),
-                ('to', models.JSONField(default=list)),
-                ('cc', models.JSONField(default=list)),
-                ('bcc', models.JSONField(default=list)),
-                ('subject', models.TextField(blank=True)),
-                ('text', models.TextField(blank=True)),
-                ('html', models.TextField(blank=True)),
-                ('headers', models.JSONField(blank=True, default=dict)),
-                ('message_id_header', models.CharField(blank=True, max_length=998)),
-                ('raw', models.FileField(blank=True, max_length=300, upload_to=agentpost.mail.models.raw_mime_path)),
-                ('size_bytes', models.BigIntegerField(default=0)),
-                ('error', models.TextField(blank=True)),
-                ('created_at', models.DateTimeField(db_index=True)),
-                ('sent_at', models.DateTimeField(blank=True, null=True)),
-                ('inbox', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='messages', to='mail.inbox')),
-                ('org', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='messages', to='orgs.organization')),
+                (
+                    "id",
+                    models.CharField(
+                        default=functools.partial(
+                            agentpost.ids.new_id, *("msg",), **{}
+                        ),
+                        editable=False,
+                        max_length=34,
+                        primary_key=True,
+                        serialize=False,
+                    ),
+                ),
+                (
+                    "direction",
+                    models.CharField(
+                        choices=[("outbound", "Outbound"), ("inbound", "Inbound")],
+                        max_length=10,
+                    ),
+                ),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("queued", "Queued"),
+                            ("sending", "Sending"),
+                            ("sent", "Sent"),
+                            ("failed", "Failed"),
+                            ("received", "Received"),
+                            ("held", "Held"),
+                        ],
+                        max_length=10,
+                    ),
+                ),
+                ("from_address", models.CharField(blank=True, max_length=998)),
+                ("to", models.JSONField(default=list)),
+                ("cc", models.JSONField(default=list)),
+                ("bcc", models.JSONField(default=list)),
+                ("subject", models.TextField(blank=True)),
+                ("text", models.TextField(blank=True)),
+                ("html", models.TextField(blank=True)),
+                ("headers", models.JSONField(blank=True, default=dict)),
+                ("message_id_header", models.CharField(blank=True, max_length=998)),
+                (
+                    "raw",
+                    models.FileField(
+                        blank=True,
+                        max_length=300,
+                        upload_to=agentpost.mail.models.raw_mime_path,
+                    ),
+                ),
+                ("size_bytes", models.BigIntegerField(default=0)),
+                ("error", models.TextField(blank=True)),
+                ("created_at", models.DateTimeField(db_index=True)),
+                ("sent_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "inbox",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="messages",
+                        to="mail.inbox",
+                    ),
+                ),
+                (
+                    "org",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="messages",
+                        to="orgs.organization",
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='InboundNotification',
+            name="InboundNotification",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('sns_message_id', models.CharField(max_length=100, unique=True)),
-                ('topic_arn', models.CharField(max_length=300)),
-                ('ses_message_id', models.CharField(blank=True, max_length=200)),
-                ('recipients', models.JSONField(default=list)),
-                ('status', models.CharField(choices=[('stored', 'Stored'), ('unrouted', 'Unrouted'), ('not_fetched', 'Not Fetched'), ('failed', 'Failed')], max_length=20)),
-                ('detail', models.TextField(blank=True)),
-                ('notification', models.JSONField()),
-                ('received_at', models.DateTimeField()),
-                ('message', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='mail.message')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True,
+                        primary_key=True,
+                        serialize=False,
+                        verbose_name="ID",
+                    ),
+                ),
+                ("sns_message_id", models.CharField(max_length=100, unique=True)),
+                ("topic_arn", models.CharField(max_length=300)),
+                ("ses_message_id", models.CharField(blank=True, max_length=200)),
+                ("recipients", models.JSONField(default=list)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("stored", "Stored"),
+                            ("unrouted", "Unrouted"),
+                            ("not_fetched", "Not Fetched"),
+                            ("failed", "Failed"),
+                        ],
+                        max_length=20,
+                    ),
+                ),
+                ("detail", models.TextField(blank=True)),
+                ("notification", models.JSONField()),
+                ("received_at", models.DateTimeField()),
+                (
+                    "message",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to="mail.message",
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='Attachment',
+            name="Attachment",
             fields=[
-                ('id', models.CharField(default=functools.partial(agentpost.ids.new_id, *('att',), **{}), editable=False, max_length=34, primary_key=True, serialize=False)),
-                ('filename', models.CharField(max_length=255)),
-                ('content_type', models.CharField(default='application/octet-stream', max_length=255)),
-                ('content_id', models.CharField(blank=True, max_length=998)),
-                ('inline', models.BooleanField(default=False)),
-                ('size_bytes', models.BigIntegerField()),
-                ('sha256', models.CharField(max_length=64)),
-                ('file', models.FileField(max_length=300, upload_to=agentpost.mail.models.attachment_path)),
-                ('created_at', models.DateTimeField()),
-                ('org', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='attachments', to='orgs.organization')),
-                ('message', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='attachments', to='mail.message')),
+                (
+                    "id",
+                    models.CharField(
+                        default=functools.partial(
+                            agentpost.ids.new_id, *("att",), **{}
+                        ),
+                        editable=False,
+                        max_length=34,
+                        primary_key=True,
+                        serialize=False,
+                    ),
+                ),
+                ("filename", models.CharField(max_length=255)),
+                (
+                    "content_type",
+                    models.CharField(
+                        default="application/octet-stream", max_length=255
+                    ),
+                ),
+                ("content_id", models.CharField(blank=True, max_length=998)),
+                ("inline", models.BooleanField(default=False)),
+                ("size_bytes", models.BigIntegerField()),
+                ("sha256", models.CharField(max_length=64)),
+                (
+                    "file",
+                    models.FileField(
+                        max_length=300, upload_to=agentpost.mail.models.attachment_path
+                    ),
+                ),
+                ("created_at", models.DateTimeField()),
+                (
+                    "org",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="attachments",
+                        to="orgs.organization",
+                    ),
+                ),
+                (
+                    "message",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="attachments",
+                        to="mail.message",
+                    ),
+                ),
             ],
         ),
         migrations.AddIndex(
-            model_name='message',
-            index=models.Index(fields=['org', 'created_at'], name='mail_messag_org_id_a19c36_idx'),
+            model_name="message",
+            index=models.Index(
+                fields=["org", "created_at"], name="mail_messag_org_id_a19c36_idx"
+            ),
         ),
         migrations.AddIndex(
-            model_name='message',
-            index=models.Index(fields=['inbox', '-id'], name='mail_messag_inbox_i_26d8d7_idx'),
+            model_name="message",
+            index=models.Index(
+                fields=["inbox", "-id"], name="mail_messag_inbox_i_26d8d7_idx"
+            ),
         ),
     ]

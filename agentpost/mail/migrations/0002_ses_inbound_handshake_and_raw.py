@@ -5,25 +5,39 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('mail', '0001_initial'),
+        ("mail", "0001_initial"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='inboundnotification',
-            name='raw',
-            field=models.FileField(blank=True, max_length=300, upload_to=agentpost.mail.models.inbound_raw_path),
+            model_name="inboundnotification",
+            name="raw",
+            field=models.FileField(
+                blank=True,
+                max_length=300,
+                upload_to=agentpost.mail.models.inbound_raw_path,
+            ),
         ),
         migrations.AddField(
-            model_name='inboundnotification',
-            name='sns_type',
-            field=models.CharField(default='Notification', max_length=30),
+            model_name="inboundnotification",
+            name="sns_type",
+            field=models.CharField(default="Notification", max_length=30),
         ),
         migrations.AlterField(
-            model_name='inboundnotification',
-            name='status',
-            field=models.CharField(choices=[('stored', 'Stored'), ('unrouted', 'Unrouted'), ('not_fetched', 'Not Fetched'), ('failed', 'Failed'), ('confirming', 'Confirming'), ('confirmed', 'Confirmed'), ('unsubscribed', 'Unsubscribed')], max_length=20),
+            model_name="inboundnotification",
+            name="status",
+            field=models.CharField(
+                choices=[
+                    ("stored", "Stored"),
+                    ("unrouted", "Unrouted"),
+                    ("not_fetched", "Not Fetched"),
+                    ("failed", "Failed"),
+                    ("confirming", "Confirming"),
+                    ("confirmed", "Confirmed"),
+                    ("unsubscribed", "Unsubscribed"),
+                ],
+                max_length=20,
+            ),
         ),
     ]

@@ -4,19 +4,18 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('mail', '0002_ses_inbound_handshake_and_raw'),
-        ('orgs', '0001_initial'),
+        ("mail", "0002_ses_inbound_handshake_and_raw"),
+        ("orgs", "0001_initial"),
     ]
 
     operations = [
         migrations.AddIndex(
-            model_name='attachment',
-            index=models.Index(fields=['file'], name='mail_attachment_file_idx'),
+            model_name="attachment",
+            index=models.Index(fields=["file"], name="mail_attachment_file_idx"),
         ),
         migrations.AddIndex(
-            model_name='message',
-            index=models.Index(fields=['raw'], name='mail_message_raw_idx'),
+            model_name="message",
+            index=models.Index(fields=["raw"], name="mail_message_raw_idx"),
         ),
     ]
