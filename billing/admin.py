@@ -3,7 +3,9 @@ from django.contrib import admin, messages
 from django.shortcuts import redirect, render
 from django.urls import path, reverse
 from django.utils import timezone
+from django.utils.html import format_html, format_html_join
 
+from agentpost.metering import COUNTERS
 from agentpost.orgs.admin import OrganizationAdmin
 from agentpost.orgs.models import Organization
 from billing import dunning, webhooks
@@ -14,6 +16,8 @@ from billing.models import (
     PlanPrice,
     StripeEvent,
 )
+from usage.models import LimitOverride
+from usage.services import get_usage
 
 
 @admin.register(PlanPrice)
@@ -129,6 +133,65 @@ class BillingOrganizationAdmin(OrganizationAdmin):
     """The org page, with the staff's billing actions: each asks why, and is audited."""
 
     change_form_template = "admin/billing/organization_change_form.html"
+    readonly_fields = [
+        *OrganizationAdmin.readonly_fields,
+        "usage_against_limits",
+        "stripe_events",
+    ]
+
+    @admin.display(description="Usage this period")
+    def usage_against_limits(self, org):
+        """The five counters against the limits in force, and where each comes from."""
+        if org is None or not org.pk:
+            return "–"
+        usage = get_usage(org=org, now=timezone.now())
+        overrides = {o.counter: o for o in LimitOverride.objects.filter(org=org)}
+        rows = [
+            format_html(
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                counter,
+                f"{usage[counter]['current']:,}",
+                "no limit"
+                if usage[counter]["limit"] is None
+                else f"{usage[counter]['limit']:,} ({usage[counter]['mode']})",
+                "–"
+                if usage[counter]["percentage"] is None
+                else f"{usage[counter]['percentage']}%",
+                (
+                    "override (staff)"
+                    if overrides[counter].set_by_staff
+                    else "override (org)"
+                )
+                if counter in overrides
+                else f"plan {org.effective_plan}",
+            )
+            for counter in COUNTERS
+        ]
+        return format_html(
+            "<table><tr><th>counter</th><th>used</th><th>limit</th><th>%</th>"
+            "<th>from</th></tr>{}</table><p>Period {} to {}. Edit overrides under "
+            "Usage › Limit overrides.</p>",
+            format_html_join("", "{}", ((row,) for row in rows)),
+            usage["period"]["start"][:10],
+            usage["period"]["end"][:10],
+        )
+
+    @admin.display(description="Stripe events")
+    def stripe_events(self, org):
+        if org is None or not org.pk:
+            return "–"
+        failed = StripeEvent.objects.filter(org=org, status=StripeEvent.Status.FAILED)
+        url = reverse("admin:billing_stripeevent_changelist")
+        return format_html(
+            '<a href="{}?q={}">All events of this org</a> · {} failed '
+            '(<a href="{}?q={}&status__exact=failed">replay from the list</a>)',
+            url,
+            org.pk,
+            failed.count(),
+            url,
+            org.pk,
+        )
+
     staff_actions = {
         "suspend": ("Suspend", dunning.staff_suspend),
         "reinstate": ("Reinstate", dunning.staff_reinstate),

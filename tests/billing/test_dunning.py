@@ -357,3 +357,31 @@ def test_two_dunning_runs_at_once_suspend_and_email_once(settings):
         thread.join()
     assert sorted(results) == [0, 1]
     assert [m.subject for m in mail.outbox] == ["Racy is suspended for non-payment"]
+
+
+def test_the_admin_org_page_shows_usage_limits_and_failed_events(
+    org, admin_client, settings
+):
+    from django.utils import timezone
+
+    from agentpost import metering
+    from billing.models import StripeEvent
+
+    settings.BILLING_ENABLED = True
+    metering.charge(org_id=org.id, counter="api_calls", now=timezone.now(), amount=12)
+    StripeEvent.objects.create(
+        id="evt_broken",
+        type="invoice.paid",
+        created=timezone.now(),
+        payload={},
+        org=org,
+        status="failed",
+        received_at=timezone.now(),
+    )
+    page = admin_client.get(
+        f"/admin/orgs/organization/{org.id}/change/"
+    ).content.decode()
+    assert "<td>api_calls</td><td>12</td>" in page
+    assert "plan free" in page
+    assert "1 failed" in page
+    assert "Extend grace" in page and "Suspend" in page and "Reinstate" in page
