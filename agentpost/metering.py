@@ -73,9 +73,6 @@ class _NullMeter:
     def credit(self, **kwargs) -> None:
         return None
 
-    def release_held(self, **kwargs) -> int:
-        return 0
-
 
 _meter: Meter = _NullMeter()
 # The charges made while serving one API request, so that its response can carry
@@ -134,9 +131,3 @@ def credit(*, org_id: str, counter: str, now: datetime, amount: int) -> None:
     """Give back ``amount`` of a level counter (storage freed by a deletion)."""
     assert counter in COUNTERS, counter
     _meter.credit(org_id=org_id, counter=counter, amount=amount, now=now)
-
-
-def release_held(*, org_id: str, now: datetime) -> int:
-    """Release what was held for the org (inbound mail past a limit or while it
-    was suspended) as far as its limits now allow; return how many items."""
-    return _meter.release_held(org_id=org_id, now=now)

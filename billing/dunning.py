@@ -33,6 +33,7 @@ from agentpost.orgs.models import Organization
 from agentpost.orgs.services import record_audit
 from billing import emails, stripe_api, stripe_data
 from billing.models import DunningCase, OrgSubscription, PlanPrice
+from usage.alerts import release_held_mail
 
 logger = logging.getLogger("agentpost.billing")
 
@@ -188,16 +189,9 @@ def _reinstate(*, org: Organization, now: datetime, actor, reason: str) -> bool:
         now=now,
     )
     transaction.on_commit(lambda: emails.send_reinstated(org_id=org.pk))
-    transaction.on_commit(lambda: _release_held(org_id=org.pk, now=now))
+    transaction.on_commit(lambda: release_held_mail(org=org, now=now))
     logger.info("org reinstated org=%s from=%s reason=%s", org.id, was, reason)
     return True
-
-
-def _release_held(*, org_id: str, now: datetime) -> None:
-    """Let the usage app release what was held while the org could not act."""
-    from agentpost import metering
-
-    metering.release_held(org_id=org_id, now=now)
 
 
 def suspend_overdue(*, now: datetime) -> int:

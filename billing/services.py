@@ -230,7 +230,10 @@ def cancel_subscription(
     actor,
     client_key: str | None,
 ) -> OrgSubscription:
-    """Cancel now, or at the end of the period (which ``resume_subscription`` undoes)."""
+    """Cancel now, or at the end of the period.
+
+    ``resume_subscription`` undoes a cancellation at the end of the period.
+    """
     account, subscription = _live_subscription(org)
     key = idempotency_key(org, f"cancel-{at_period_end}", client_key)
     if at_period_end:

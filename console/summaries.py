@@ -20,7 +20,7 @@ from usage.services import get_usage, get_usage_history
 
 logger = logging.getLogger(__name__)
 
-LABELS = {
+COUNTER_LABELS = {
     "messages_sent": "Messages sent",
     "messages_received": "Messages received",
     "storage_bytes": "Attachment storage",
@@ -40,7 +40,7 @@ def summary_context(*, org: Organization, now: datetime) -> dict:
     limits = get_limits(org=org)
     history = get_usage_history(org=org, days=14, now=now)
     rows, attention = [], []
-    for counter, label in LABELS.items():
+    for counter, label in COUNTER_LABELS.items():
         series = history["counters"][counter]
         if counter == "storage_bytes":
             this_week, last_week = series[-1], series[-8]

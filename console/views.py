@@ -30,6 +30,7 @@ from console.access import (
     owner_required,
 )
 from console.charts import bar_chart
+from console.summaries import COUNTER_LABELS
 from console.templatetags.humanize_bytes import format_bytes
 from retention import services as retention
 from retention.export import export_filename, stream_export
@@ -302,7 +303,10 @@ def retention_page(request):
             if days is not None and not 1 <= days <= settings.RETENTION_MAX_DAYS:
                 raise ValueError
         except ValueError:
-            error = f"Enter a whole number of days from 1 to {settings.RETENTION_MAX_DAYS}, or leave it empty to keep everything."
+            error = (
+                "Enter a whole number of days from 1 to "
+                f"{settings.RETENTION_MAX_DAYS}, or leave it empty to keep everything."
+            )
         else:
             if request.POST.get("confirm") == "yes":
                 retention.set_policy(
@@ -434,19 +438,11 @@ def webhooks_replay(request, delivery_id: str):
 
 # Usage
 
-COUNTER_LABELS = {
-    "messages_sent": "Messages sent",
-    "messages_received": "Messages received",
-    "storage_bytes": "Attachment storage",
-    "api_calls": "API calls",
-    "webhook_deliveries": "Webhook deliveries",
-}
 HISTORY_DAYS = 30
 
 
-def usage_meters(org, now) -> list[dict]:
+def usage_meters(org, usage: dict) -> list[dict]:
     """The five counters as the dashboard shows them: value, limit, bar, colour."""
-    usage = get_usage(org=org, now=now)
     limits = get_limits(org=org)
     meters = []
     for counter, label in COUNTER_LABELS.items():
@@ -482,7 +478,8 @@ def usage_meters(org, now) -> list[dict]:
 def usage_page(request):
     org = request.console.org
     now = timezone.now()
-    meters = usage_meters(org, now)
+    usage = get_usage(org=org, now=now)
+    meters = usage_meters(org, usage)
     history = get_usage_history(org=org, days=HISTORY_DAYS, now=now)
     charts = [
         {
@@ -495,7 +492,6 @@ def usage_page(request):
         }
         for meter in meters
     ]
-    period = get_usage(org=org, now=now)["period"]
     return render(
         request,
         "console/usage.html",
@@ -503,7 +499,7 @@ def usage_page(request):
             "section": "usage",
             "meters": meters,
             "charts": charts,
-            "period": period,
+            "period": usage["period"],
             "weekly_summary": request.console.membership.weekly_summary,
         },
     )
@@ -512,7 +508,9 @@ def usage_page(request):
 @member_required
 def usage_json(request):
     """The meters as JSON, for the dashboard's refresh every few seconds."""
-    return JsonResponse({"meters": usage_meters(request.console.org, timezone.now())})
+    org = request.console.org
+    usage = get_usage(org=org, now=timezone.now())
+    return JsonResponse({"meters": usage_meters(org, usage)})
 
 
 @owner_required

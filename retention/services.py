@@ -229,10 +229,11 @@ def warn_org(
 
 
 def owner_addresses(org: Organization) -> list[str]:
-    addresses = [u.email for u in org.owners() if u.email]
-    if not addresses and org.billing_email:
-        addresses = [org.billing_email]
-    return sorted(set(addresses))
+    # A deletion warning must reach someone: an org without owners is warned at
+    # its billing address.
+    if addresses := org.owner_emails():
+        return addresses
+    return [org.billing_email] if org.billing_email else []
 
 
 def deliver_notice(*, notice: RetentionNotice, now: datetime) -> bool:

@@ -147,7 +147,7 @@ def email_alert(*, alert_id: int) -> int:
     """Email the org's owners about one alert; return how many were sent."""
     alert = UsageAlert.objects.select_related("org").get(pk=alert_id)
     org = alert.org
-    recipients = list(org.owners().exclude(email="").values_list("email", flat=True))
+    recipients = org.owner_emails()
     if not recipients:
         return 0
     if alert.kind == UsageAlert.Kind.WARNING:

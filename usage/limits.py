@@ -56,7 +56,10 @@ def resolve(
     plan: tuple[int | None, str | None, int | None] | None,
     override: tuple[int | None, str | None, int | None] | None,
 ) -> Limit:
-    """Merge a plan's (limit, mode, threshold) with an override's; nulls fall through."""
+    """Merge a plan's (limit, mode, threshold) with an override's.
+
+    A null in the override falls through to the plan's value.
+    """
     plan_limit, plan_mode, plan_threshold = plan or (None, None, None)
     own_limit, own_mode, own_threshold = override or (None, None, None)
     return Limit(

@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from agentpost import metering
-from agentpost.orgs.models import Organization
 from usage import alerts, counting
 from usage.limits import Limit, forced_plan, load_for_charge, resolve
 from usage.periods import Period, counter_period_start, month_period, period_between
@@ -94,8 +93,3 @@ class DatabaseMeter:
         shard = 0 if limit.is_hard else counting.pick_shard()
         current = counting.add(**key, day=day, amount=amount, shard=shard)
         return limit, period, current, False
-
-    def release_held(self, *, org_id: str, now: datetime) -> int:
-        from usage.alerts import release_held_mail
-
-        return release_held_mail(org=Organization.objects.get(pk=org_id), now=now)

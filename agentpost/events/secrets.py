@@ -56,7 +56,10 @@ def decrypt(token: str) -> str:
 
 
 def sign(*, secret: str, msg_id: str, timestamp: datetime, body: bytes) -> str:
-    """Return ``v1,<base64 HMAC-SHA256>`` of ``id.timestamp.body`` (Standard Webhooks)."""
+    """Return ``v1,<base64 HMAC-SHA256>`` of ``id.timestamp.body``.
+
+    This is the Standard Webhooks signature.
+    """
     key = base64.b64decode(secret.removeprefix(SECRET_PREFIX))
     signed = f"{msg_id}.{int(timestamp.timestamp())}.".encode() + body
     digest = hmac.new(key, signed, hashlib.sha256).digest()

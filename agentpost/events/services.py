@@ -596,7 +596,7 @@ def disable_failing_endpoint(
 
 def _email_owners_disabled(endpoint_id: str, last_error: str) -> None:
     endpoint = WebhookEndpoint.objects.select_related("org").get(pk=endpoint_id)
-    recipients = [u.email for u in endpoint.org.owners() if u.email]
+    recipients = endpoint.org.owner_emails()
     if not recipients:
         return
     send_mail(

@@ -57,6 +57,12 @@ class Organization(models.Model):
     def is_suspended(self) -> bool:
         return self.billing_state == self.BillingState.SUSPENDED
 
+    def owner_emails(self) -> list[str]:
+        """The addresses the org's owners are emailed at, sorted."""
+        return sorted(
+            set(self.owners().exclude(email="").values_list("email", flat=True))
+        )
+
     def owners(self):
         from django.contrib.auth import get_user_model
 

@@ -21,7 +21,7 @@ def email_owners(
     context = {"org": org, "site_url": settings.SITE_URL, **(context or {})}
     text = render_to_string(f"{template}.txt", context)
     html = render_to_string(f"{template}.html", context)
-    recipients = [u.email for u in org.owners() if u.email]
+    recipients = org.owner_emails()
     for address in recipients:
         message = EmailMultiAlternatives(
             subject=subject,

@@ -242,7 +242,6 @@ class _Handler(BaseHTTPRequestHandler):
                 return
 
         with state.lock:
-            state.requests.append((method, split.path))
             key = self.headers.get("Idempotency-Key")
             cache_key = (
                 f"{method} {split.path} {key}" if key and method == "POST" else None

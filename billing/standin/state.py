@@ -75,7 +75,6 @@ class StandinState:
         }
         self.idempotent: dict[str, tuple[int, Any]] = {}
         self._seq = itertools.count(1)
-        self.requests: list[tuple[str, str]] = []
         self.fail_next: list[StripeError] = []
 
     # Helpers
