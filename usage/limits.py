@@ -132,18 +132,27 @@ def forced_plan() -> str | None:
     return None if settings.BILLING_ENABLED else SELFHOSTED_PLAN
 
 
-def load_for_charge(
-    *, org_id: str, counter: str, now: datetime
-) -> tuple[Limit, Period]:
-    """Return the counter's limit and the org's period in one query.
+def load_charge_context(
+    *, org_id: str, counter: str
+) -> tuple[Limit, datetime | None, datetime | None]:
+    """Return the counter's limit and the org's billing period bounds in one query.
 
-    This runs on every API request, so it reads the org, its plan's limit and
-    its override in one round trip instead of loading models.
+    This runs on every API request counted in the database, so it reads the
+    org, its plan's limit and its override in one round trip instead of loading
+    models.
     """
     with connection.cursor() as cursor:
         cursor.execute(_charge_context_sql(), [forced_plan(), counter, counter, org_id])
         row = cursor.fetchone()
     if row is None:
         raise Organization.DoesNotExist(org_id)
-    period = period_between(_as_datetime(row[0]), _as_datetime(row[1]), now)
-    return resolve(counter, tuple(row[2:5]), tuple(row[5:8])), period
+    limit = resolve(counter, tuple(row[2:5]), tuple(row[5:8]))
+    return limit, _as_datetime(row[0]), _as_datetime(row[1])
+
+
+def load_for_charge(
+    *, org_id: str, counter: str, now: datetime
+) -> tuple[Limit, Period]:
+    """Return the counter's limit and the org's period at ``now``."""
+    limit, start, end = load_charge_context(org_id=org_id, counter=counter)
+    return limit, period_between(start, end, now)
