@@ -233,6 +233,12 @@ RETENTION_EXPORT_LEASE_HOURS = env.int("RETENTION_EXPORT_LEASE_HOURS", default=1
 # WAL flush (usage/counting.py says why); a database server crash can then lose
 # the last fraction of a second of them.
 USAGE_SOFT_ASYNC_COMMIT = env.bool("USAGE_SOFT_ASYNC_COMMIT", default=True)
+# With a Redis URL, api_calls are counted in Redis and flushed to the database
+# every USAGE_FLUSH_SECONDS (usage/live.py); without one, in the database.
+USAGE_REDIS_URL = env.str("USAGE_REDIS_URL", default="")
+USAGE_REDIS_PREFIX = env.str("USAGE_REDIS_PREFIX", default="agentpost:usage:")
+USAGE_REDIS_TIMEOUT_SECONDS = env.float("USAGE_REDIS_TIMEOUT_SECONDS", default=0.5)
+USAGE_FLUSH_SECONDS = env.float("USAGE_FLUSH_SECONDS", default=5.0)
 
 # Outgoing webhooks may target loopback only when this is on (local development).
 WEBHOOKS_ALLOW_PRIVATE_TARGETS = env.bool(
@@ -297,6 +303,13 @@ CELERY_BEAT_SCHEDULE: dict = {
         "schedule": crontab(minute="*/15"),
     },
 }
+if USAGE_REDIS_URL:
+    # Copies the counts kept in Redis into the database.
+    CELERY_BEAT_SCHEDULE["usage-flush"] = {
+        "task": "usage.tasks.flush_live_counts",
+        "schedule": USAGE_FLUSH_SECONDS,
+        "options": {"expires": USAGE_FLUSH_SECONDS},
+    }
 
 # REST framework.
 REST_FRAMEWORK = {

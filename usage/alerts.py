@@ -27,7 +27,7 @@ from agentpost.events.services import MESSAGE_RECEIVED, emit_event
 from agentpost.mail.inbound import received_event_data
 from agentpost.mail.models import Message
 from agentpost.orgs.models import Organization
-from usage import counting
+from usage import counting, live
 from usage.limits import Limit, get_limits
 from usage.models import Mode, UsageAlert, UsageCounter
 from usage.periods import Period, counter_period_start, current_period
@@ -274,6 +274,8 @@ def orgs_to_check(*, now: datetime):
 def check_usage_alerts(*, now: datetime) -> tuple[int, int]:
     """Fire due alerts and release held mail for every org; return both counts."""
     started = time.monotonic()
+    if counts := live.live_counts():
+        counts.flush()  # so that orgs counted only in Redis have rows to find
     fired = released = orgs = 0
     for org in orgs_to_check(now=now).iterator():
         orgs += 1

@@ -1,5 +1,5 @@
 from django.apps import AppConfig
-from django.db.models.signals import post_migrate
+from django.db.models.signals import post_delete, post_migrate, post_save
 
 
 def _install_count_function(sender, using, **kwargs) -> None:
@@ -18,9 +18,17 @@ class UsageConfig(AppConfig):
 
     def ready(self) -> None:
         from agentpost import metering
-        from usage.meter import DatabaseMeter
+        from agentpost.orgs.models import Organization
+        from usage import signals
+        from usage.meter import UsageMeter
+        from usage.models import LimitOverride, Plan, PlanLimit
 
-        metering.install(DatabaseMeter())
+        metering.install(UsageMeter())
         post_migrate.connect(
             _install_count_function, sender=self, dispatch_uid="usage_count"
         )
+        for signal in (post_save, post_delete):
+            signal.connect(signals.org_changed, sender=Organization)
+            signal.connect(signals.override_changed, sender=LimitOverride)
+            signal.connect(signals.plans_changed, sender=PlanLimit)
+            signal.connect(signals.plans_changed, sender=Plan)

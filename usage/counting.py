@@ -73,7 +73,19 @@ def _db_datetime(value: datetime):
 
 
 def total(*, org_id: str, counter: str, period_start: datetime) -> int:
-    """Return the counter's value: the sum of its shards."""
+    """Return the counter's value: the sum of its shards, or its live total.
+
+    A counter kept in Redis (usage.live) reads its live total there, since its
+    row in the database lags by up to a flush.
+    """
+    from usage import live
+
+    if counter in live.LIVE_COUNTERS and (counts := live.live_counts()):
+        live_total = counts.total(
+            org_id=org_id, counter=counter, period_start=period_start
+        )
+        if live_total is not None:
+            return live_total
     counters, _ = _tables()
     with connection.cursor() as cursor:
         cursor.execute(

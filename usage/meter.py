@@ -5,17 +5,19 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from agentpost import metering
-from usage import alerts, counting
+from usage import alerts, counting, live
 from usage.limits import Limit, forced_plan, load_for_charge, resolve
 from usage.periods import Period, counter_period_start, month_period, period_between
 
 
-class DatabaseMeter:
-    """Count usage in the database, enforce hard limits, and notice crossings.
+class UsageMeter:
+    """Count usage, enforce hard limits, and notice crossings.
 
-    On PostgreSQL a charge is one round trip; on SQLite it reads the limits,
-    then counts. It runs in the caller's transaction when there is one, so a
-    refused or rolled-back operation leaves no count behind.
+    ``api_calls`` is counted in Redis when USAGE_REDIS_URL is set (usage.live);
+    everything else, and everything without Redis, in the database. There, on
+    PostgreSQL a charge is one round trip; on SQLite it reads the limits, then
+    counts. It runs in the caller's transaction when there is one, so a refused
+    or rolled-back operation leaves no count behind.
     """
 
     def charge(
@@ -48,6 +50,8 @@ class DatabaseMeter:
         )
 
     def credit(self, *, org_id: str, counter: str, amount: int, now: datetime) -> None:
+        # Redis keeps its counts as ever-growing totals (see usage.live).
+        assert counter not in live.LIVE_COUNTERS, counter
         self._count(
             org_id=org_id, counter=counter, amount=-amount, now=now, enforce=False
         )
@@ -56,6 +60,19 @@ class DatabaseMeter:
         self, *, org_id: str, counter: str, amount: int, now: datetime, enforce: bool
     ) -> tuple[Limit, Period, int, bool]:
         """Count and return (limit, period, total, refused)."""
+        if counter in live.LIVE_COUNTERS and (counts := live.live_counts()):
+            try:
+                counted = counts.charge(
+                    org_id=org_id,
+                    counter=counter,
+                    amount=amount,
+                    now=now,
+                    enforce=enforce,
+                )
+            except live.Unavailable:
+                pass  # counted below, in the database
+            else:
+                return counted.limit, counted.period, counted.total, counted.refused
         day = now.astimezone(UTC).date()
         if counting.is_postgres():
             counted = counting.count_in_database(

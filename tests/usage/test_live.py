@@ -1,0 +1,292 @@
+"""
+api_calls counted in Redis (usage.live): exact, flushed to the database, seeded
+back from it, and counted in the database while Redis is away.
+
+These need a Redis server: REDIS_URL, or one on loopback. Without one they are
+skipped, unless REDIS_URL is set (as CI sets it), in which case they fail.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+import redis
+import time_machine
+from django.db import connections
+
+from agentpost import metering
+from agentpost.metering import QuotaExceeded
+from tests.conftest import CURRENT_TIME
+from tests.usage.conftest import postgres_only, set_plan_limit
+from tests.usage.test_concurrency import run_together
+from usage import live
+from usage.models import UsageCounter, UsageDaily
+from usage.periods import month_period
+
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/15")
+MARCH = month_period(CURRENT_TIME).start
+
+
+@pytest.fixture
+def counts(settings):
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1)
+    try:
+        client.ping()
+    except redis.ConnectionError:
+        if "REDIS_URL" in os.environ:
+            raise
+        pytest.skip(f"no Redis at {REDIS_URL}")
+    settings.USAGE_REDIS_URL = REDIS_URL
+    settings.USAGE_REDIS_PREFIX = prefix = f"test:{uuid.uuid4().hex}:"
+    yield live.live_counts()
+    for key in client.scan_iter(f"{prefix}*"):
+        client.delete(key)
+    client.close()
+
+
+@pytest.fixture(autouse=True)
+def frozen_clock():
+    # The API stamps its calls with the clock; direct calls below use the same.
+    with time_machine.travel(CURRENT_TIME, tick=False):
+        yield
+
+
+def call(org_id: str, now: datetime = CURRENT_TIME, enforce: bool = True):
+    return metering.charge(
+        org_id=org_id, counter=metering.API_CALLS, now=now, enforce=enforce
+    )
+
+
+def database_value(model, org, **where) -> int:
+    row = model.objects.filter(org=org, counter="api_calls", **where)
+    return sum(row.values_list("value", flat=True))
+
+
+def test_calls_are_counted_live_and_reach_the_database_at_the_flush(
+    billing, counts, api, org
+):
+    for _ in range(3):
+        assert api.get(f"/organizations/{org.id}").status_code == 200
+
+    usage = api.get(f"/organizations/{org.id}/usage").json()
+    assert usage["api_calls"]["current"] == 4  # this request too
+    assert not UsageCounter.objects.filter(org=org).exists()
+
+    counts.flush()
+
+    assert UsageCounter.objects.get(org=org, counter="api_calls").value == 4
+    history = api.get(f"/organizations/{org.id}/usage/history?days=1").json()
+    assert history["counters"]["api_calls"] == [4]  # as of the flush
+    counts.flush()  # again: nothing doubles
+    assert UsageCounter.objects.get(org=org, counter="api_calls").value == 5
+
+
+def test_quota_headers_come_from_the_live_count(billing, counts, api, org):
+    set_plan_limit("free", "api_calls", 10, "hard")
+    call(org.pk)
+
+    response = api.get(f"/organizations/{org.id}")
+
+    assert response["AgentPost-Quota-Remaining"] == "8"
+
+
+def test_a_hard_limit_refuses_with_the_error_shape(billing, counts, api, org):
+    set_plan_limit("free", "api_calls", 2, "hard")
+    assert api.get(f"/organizations/{org.id}").status_code == 200
+    assert api.get(f"/organizations/{org.id}").status_code == 200
+
+    response = api.get(f"/organizations/{org.id}")
+
+    assert response.status_code == 429
+    error = response.json()["error"]
+    assert error["type"] == "usage_limit_exceeded"
+    assert (error["counter"], error["limit"], error["current"]) == ("api_calls", 2, 2)
+    assert error["resets_at"] == "2026-04-01T00:00:00+00:00"
+
+
+def test_a_lower_override_bites_on_the_next_call(
+    billing, counts, api, org, django_capture_on_commit_callbacks
+):
+    for _ in range(3):
+        call(org.pk)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = api.patch(
+            f"/organizations/{org.id}/settings",
+            {"limits": {"api_calls": {"limit": 4, "mode": "hard"}}},
+        )
+    assert response.status_code == 200
+
+    assert api.get(f"/organizations/{org.id}").status_code == 429
+
+
+def test_a_plan_limit_edited_by_staff_applies_at_once(
+    billing, counts, org, django_capture_on_commit_callbacks
+):
+    from usage.models import PlanLimit
+
+    call(org.pk)
+    row = PlanLimit.objects.get(plan_id="free", counter="api_calls")
+    row.limit, row.mode = 1, "hard"
+    with django_capture_on_commit_callbacks(execute=True):
+        row.save()
+
+    with pytest.raises(QuotaExceeded):
+        call(org.pk)
+
+
+def test_a_new_period_starts_at_zero_and_keeps_the_old_one(billing, counts, org):
+    set_plan_limit("free", "api_calls", 3, "hard")
+    for _ in range(3):
+        call(org.pk)
+    with pytest.raises(QuotaExceeded):
+        call(org.pk)
+
+    april = datetime(2026, 4, 1, 0, 0, tzinfo=UTC)
+    with time_machine.travel(april, tick=False):
+        charge = call(org.pk, now=april)
+
+    assert charge.current == 1
+    assert charge.resets_at == datetime(2026, 5, 1, tzinfo=UTC)
+    counts.flush()
+    march = UsageCounter.objects.get(org=org, period_start=MARCH)
+    assert march.value == 3
+
+
+def test_when_redis_loses_its_data_counting_resumes_from_the_database(
+    billing, counts, org
+):
+    for _ in range(4):
+        call(org.pk)
+    counts.flush()
+    for key in counts.client.scan_iter(f"{counts.prefix}*"):
+        counts.client.delete(key)
+
+    assert call(org.pk).current == 5
+    counts.flush()
+    assert database_value(UsageCounter, org) == 5
+    assert database_value(UsageDaily, org) == 5
+
+
+def test_while_redis_is_away_calls_are_counted_in_the_database(
+    billing, counts, org, monkeypatch
+):
+    set_plan_limit("free", "api_calls", 6, "hard")
+    for _ in range(3):
+        call(org.pk)
+
+    def unreachable(**kwargs):
+        raise redis.ConnectionError("connection refused")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(counts, "_charge", unreachable)
+        assert call(org.pk).current == 1  # the database knows only its own
+        assert call(org.pk).current == 2
+    counts._down_until = 0  # Redis is back
+    counts.flush()
+
+    assert call(org.pk).current == 6
+    with pytest.raises(QuotaExceeded) as refused:
+        call(org.pk)
+    assert refused.value.current == 6
+
+
+def test_a_call_counted_during_a_flush_is_flushed_by_the_next(
+    billing, counts, org, monkeypatch
+):
+    call(org.pk)
+    write = live._write_greatest
+
+    def write_while_another_call_lands(model, field, values):
+        if model is UsageCounter:
+            call(org.pk)
+        write(model, field, values)
+
+    monkeypatch.setattr(live, "_write_greatest", write_while_another_call_lands)
+    counts.flush()
+    monkeypatch.setattr(live, "_write_greatest", write)
+    assert UsageCounter.objects.get(org=org).value == 1
+
+    counts.flush()
+
+    assert UsageCounter.objects.get(org=org).value == 2
+
+
+def test_alerts_fire_once_inline_and_not_again_from_the_check(billing, counts, org):
+    from agentpost.events.models import Event
+    from usage.alerts import check_usage_alerts
+
+    set_plan_limit("free", "api_calls", 10, "soft")
+    for _ in range(12):
+        call(org.pk)
+    for _ in range(3):
+        check_usage_alerts(now=CURRENT_TIME)
+
+    warning = Event.objects.get(org=org, type="usage.warning")
+    assert warning.data["current"] == 8
+    exceeded = Event.objects.get(org=org, type="usage.exceeded")
+    assert exceeded.data["current"] == 10
+
+
+@postgres_only
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("mode", ["soft", "hard"])
+def test_n_clients_times_m_calls_count_exactly(billing, counts, org, mode):
+    set_plan_limit("free", "api_calls", 10**9, mode)
+    clients, calls = 8, 50
+
+    run_together(clients, lambda i: [call(org.pk) for _ in range(calls)])
+    counts.flush()
+
+    assert counts.total(org_id=org.pk, counter="api_calls", period_start=MARCH) == 400
+    assert database_value(UsageCounter, org) == 400
+    assert database_value(UsageDaily, org) == 400
+
+
+@postgres_only
+@pytest.mark.django_db(transaction=True)
+def test_a_hard_limit_lets_exactly_the_limit_through_concurrently(billing, counts, org):
+    limit = 37
+    set_plan_limit("free", "api_calls", limit, "hard")
+
+    def work(i: int) -> int:
+        passed = 0
+        for _ in range(10):
+            try:
+                call(org.pk)
+                passed += 1
+            except QuotaExceeded as exc:
+                assert exc.current == limit
+        return passed
+
+    assert sum(run_together(12, work)) == limit
+    counts.flush()
+    assert database_value(UsageCounter, org) == limit
+
+
+def _count_then_die(org_id: str, calls: int, ready) -> None:
+    for _ in range(calls):
+        call(org_id)
+    ready.set()
+    os.kill(os.getpid(), signal.SIGKILL)  # no flush, no clean exit
+
+
+@postgres_only
+@pytest.mark.django_db(transaction=True)
+def test_what_a_killed_process_counted_survives_it(billing, counts, org):
+    connections.close_all()  # the child must not share the parent's connection
+    context = multiprocessing.get_context("fork")
+    ready = context.Event()
+    child = context.Process(target=_count_then_die, args=(org.pk, 25, ready))
+    child.start()
+    child.join(timeout=60)
+
+    assert ready.is_set()
+    assert child.exitcode == -signal.SIGKILL
+    counts.flush()
+    assert database_value(UsageCounter, org) == 25
