@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import math
 
 from django.core.exceptions import PermissionDenied, RequestDataTooBig
 from django.http import Http404, JsonResponse
@@ -133,7 +134,7 @@ def exception_handler(exc, context):
 
 def quota_error(exc: QuotaExceeded) -> ApiError:
     resets_at = exc.resets_at.isoformat() if exc.resets_at else None
-    return ApiError(
+    error = ApiError(
         status.HTTP_429_TOO_MANY_REQUESTS,
         "usage_limit_exceeded",
         f"The {exc.counter} limit of {exc.limit} for this period is reached.",
@@ -142,6 +143,9 @@ def quota_error(exc: QuotaExceeded) -> ApiError:
         current=exc.current,
         resets_at=resets_at,
     )
+    if exc.resets_at:  # sent as Retry-After, in seconds
+        error.wait = max(math.ceil((exc.resets_at - timezone.now()).total_seconds()), 1)
+    return error
 
 
 class StrictSerializer(serializers.Serializer):

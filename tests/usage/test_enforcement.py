@@ -33,6 +33,7 @@ def test_a_hard_api_calls_limit_answers_429_naming_the_counter(billing, api, org
     assert error["current"] == 2
     assert error["resets_at"].startswith("20")
     assert response["AgentPost-Quota-Remaining"] == "0"
+    assert 0 < int(response["Retry-After"]) <= 31 * 24 * 3600
 
 
 def test_quota_headers_on_a_normal_response(billing, api, org):

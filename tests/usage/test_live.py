@@ -107,6 +107,7 @@ def test_a_hard_limit_refuses_with_the_error_shape(billing, counts, api, org):
     assert error["type"] == "usage_limit_exceeded"
     assert (error["counter"], error["limit"], error["current"]) == ("api_calls", 2, 2)
     assert error["resets_at"] == "2026-04-01T00:00:00+00:00"
+    assert response["Retry-After"] == str(12 * 3600 + 21 * 24 * 3600)
 
 
 def test_a_lower_override_bites_on_the_next_call(

@@ -5,6 +5,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 
 from agentpost.mail.services import create_inbox
+from agentpost.orgs.models import Organization
 from agentpost.orgs.services import create_org
 
 DEMO_OWNER = "owner@demo.agentpost.localhost"
@@ -17,7 +18,15 @@ class Command(BaseCommand):
     )
 
     def handle(self, *args, **options) -> None:
+        if os.environ.get("DATABASE_URL"):
+            # A demo org with a well-known password has no place in a real database.
+            self.stdout.write("DATABASE_URL is set: no demo org (create_org makes one)")
+            return
         path = settings.VAR_DIR / "demo-credentials.json"
+        if path.exists():
+            org_id = json.loads(path.read_text()).get("org_id")
+            if not Organization.objects.filter(pk=org_id).exists():
+                path.unlink()  # left from a database that is gone
         if not path.exists():
             password = os.environ.get("DEMO_PASSWORD") or "agentpost-demo"
             result = create_org(
