@@ -3,7 +3,14 @@ from django.contrib import admin
 from django.utils import timezone
 
 from usage import services
-from usage.models import LimitOverride, Plan, PlanLimit, UsageAlert, UsageCounter
+from usage.models import (
+    LimitOverride,
+    LiveOutbox,
+    Plan,
+    PlanLimit,
+    UsageAlert,
+    UsageCounter,
+)
 
 
 class PlanLimitInline(admin.TabularInline):
@@ -108,4 +115,19 @@ class UsageCounterAdmin(admin.ModelAdmin):
     readonly_fields = ["org", "counter", "period_start", "shard", "value"]
 
     def has_add_permission(self, request) -> bool:
+        return False
+
+
+@admin.register(LiveOutbox)
+class LiveOutboxAdmin(admin.ModelAdmin):
+    """What Redis has still to be told; rows that stay mean Redis is away."""
+
+    list_display = ["kind", "org_id", "counter", "period_start", "created_at"]
+    list_filter = ["kind"]
+    readonly_fields = [f.name for f in LiveOutbox._meta.fields]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
         return False

@@ -275,7 +275,10 @@ def check_usage_alerts(*, now: datetime) -> tuple[int, int]:
     """Fire due alerts and release held mail for every org; return both counts."""
     started = time.monotonic()
     if counts := live.live_counts():
-        counts.flush()  # so that orgs counted only in Redis have rows to find
+        try:
+            counts.flush()  # so that orgs counted only in Redis have rows to find
+        except Exception:
+            logger.exception("usage flush failed; checking what the database has")
     fired = released = orgs = 0
     for org in orgs_to_check(now=now).iterator():
         orgs += 1

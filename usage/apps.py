@@ -27,8 +27,9 @@ class UsageConfig(AppConfig):
         post_migrate.connect(
             _install_count_function, sender=self, dispatch_uid="usage_count"
         )
+        # A deleted org needs nothing: its cached limits expire unused.
+        post_save.connect(signals.org_saved, sender=Organization)
         for signal in (post_save, post_delete):
-            signal.connect(signals.org_changed, sender=Organization)
             signal.connect(signals.override_changed, sender=LimitOverride)
             signal.connect(signals.plans_changed, sender=PlanLimit)
             signal.connect(signals.plans_changed, sender=Plan)

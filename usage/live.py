@@ -7,21 +7,25 @@ request it counts. Redis increments in memory; one Lua script per call reads
 the org's cached limit, checks it, counts the call and marks it for the
 database, in one round trip.
 
-What lives where:
+What lives where (every key under USAGE_REDIS_PREFIX):
 
 - ``t:<org>|<counter>|<period start>``: the calls counted through Redis in that
   period (an absolute value, only ever growing).
-- ``b:<same>``: the base, what the database holds from elsewhere (counts made
-  while Redis was unreachable), refreshed at each flush. The total is t + b.
+- ``b:<same>``: the base, what the database holds from elsewhere (calls counted
+  there while Redis was away). The total is t + b. It only ever grows.
 - ``d:<org>|<counter>|<day>``: the calls counted through Redis that day.
-- ``cfg:<org>|<counter>``: the org's resolved limit and billing period, tagged
-  with the invalidation numbers it was built under (``inv:<org>`` and ``gen``);
-  a change to the org, its overrides or any plan's limits bumps one of them on
-  commit, so the next call reloads from the database. Limits take effect at once.
-- ``dirty``: keys counted since their last flush, each with a change number.
+- ``cfg:<org>|<counter>|<forced plan>``: the org's resolved limit and billing
+  period, tagged with the invalidation numbers it was loaded under (``inv:<org>``
+  and ``gen``). A change to the org, its overrides or any plan's limits bumps
+  one of them when it commits, so the next call reloads: limits take effect at
+  once.
+- ``dirty``: what was counted since its last flush, each with a change number.
 
 Exactness: Redis runs one script at a time, so a hard limit lets exactly as
-many calls through as it allows, however many processes call at once.
+many calls through as it allows, however many processes call at once. The
+script is sent once per call, never retried: a call whose reply is lost may or
+may not have been counted, and is let through uncounted rather than counted
+twice.
 
 Durability: a call is counted in Redis before the request goes on, so a crash of
 the web process loses nothing. ``flush`` (Celery beat, every
@@ -29,13 +33,14 @@ USAGE_FLUSH_SECONDS) copies the absolute values into one row of their own
 (shard ``REDIS_SHARD``) with GREATEST, so a flush may run twice, concurrently,
 or be cut short, and is simply done again; an entry leaves ``dirty`` only if
 nothing was counted under it since it was read. Losing Redis itself loses what
-was counted since the last flush: run it with ``appendonly yes`` to avoid that.
-When Redis is lost and comes back empty, a counter's first call seeds it from
-the database.
+was counted since the last flush (run it with ``appendonly yes``). When Redis
+comes back empty, a counter's first call seeds it from the database.
 
-When Redis is unreachable, calls are counted in the database as without Redis
-(usage.counting), and the next flush adds them to the base; a hard limit then
-holds to within what Redis had not yet flushed.
+What must reach Redis even if it is away when it happens (limits changed, calls
+counted in the database meanwhile) goes through ``LiveOutbox`` rows, written
+with the change and done by the flush if not at once. While Redis is
+unreachable, calls are counted in the database as without Redis; a hard limit
+then holds to within what Redis had not yet flushed.
 """
 
 from __future__ import annotations
@@ -47,14 +52,15 @@ from datetime import UTC, date, datetime, timedelta
 
 import redis
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.db.models import Sum
+from redis.exceptions import NoScriptError
 
 from agentpost import metering
 from agentpost.orgs.models import Organization
 from usage.counting import SHARDS
-from usage.limits import Limit, load_charge_context
-from usage.models import Mode, UsageCounter, UsageDaily
+from usage.limits import Limit, forced_plan, load_charge_context
+from usage.models import LiveOutbox, Mode, UsageCounter, UsageDaily
 from usage.periods import Period, month_period, period_between
 
 logger = logging.getLogger(__name__)
@@ -65,6 +71,8 @@ logger = logging.getLogger(__name__)
 LIVE_COUNTERS = frozenset({metering.API_CALLS})
 # The database row that holds what was counted through Redis.
 REDIS_SHARD = SHARDS
+# Amounts above this are counted in the database: Lua's numbers are doubles.
+MAX_LIVE_AMOUNT = 2**31
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # A safety net: invalidation on commit is what keeps the cached limits right.
 CONFIG_TTL_MS = 300_000
@@ -76,17 +84,15 @@ FLUSH_BATCH = 500
 RETRY_AFTER_SECONDS = 5.0
 
 # One round trip per call. ARGV: prefix, org, counter, amount, enforce (0/1),
-# now and the month's start (µs since the epoch, as text), day (ISO).
-# Returns {status, period start, total, limit, hard, threshold, org period
-# start, org period end}; status is ok, refused, load (no valid cached limit)
-# or seed (no count for the period yet: then the period's start and, if it is
-# the org's billing period, its end).
+# now and the month's start (µs since the epoch, as text), day (ISO), day TTL,
+# forced plan. Returns {status, period start, total, limit, hard, threshold,
+# org period start, org period end}; status is ok, refused, load (no valid
+# cached limit) or seed (no count for the period yet: then the period's start
+# and, if it is the org's billing period, its end).
 CHARGE_SCRIPT = """
 local p, org, counter = ARGV[1], ARGV[2], ARGV[3]
-local amount = tonumber(ARGV[4])
-local ckey = p .. 'cfg:' .. org .. '|' .. counter
-local cfg = redis.call('HMGET', ckey, 'limit', 'hard', 'threshold',
-    'start', 'end', 'inv', 'gen')
+local cfg = redis.call('HMGET', p .. 'cfg:' .. org .. '|' .. counter .. '|' .. ARGV[10],
+    'limit', 'hard', 'threshold', 'start', 'end', 'inv', 'gen')
 if not cfg[6] then return {'load'} end
 local inv = redis.call('GET', p .. 'inv:' .. org) or '0'
 local gen = redis.call('GET', p .. 'gen') or '0'
@@ -105,6 +111,7 @@ if not counted then
     return {'seed', ps, pe}
 end
 local total = tonumber(counted) + tonumber(redis.call('GET', p .. 'b:' .. key) or '0')
+local amount = tonumber(ARGV[4])
 
 local reply = {'ok', ps, total + amount, cfg[1], cfg[2], cfg[3], cfg[4], cfg[5]}
 if cfg[2] == '1' and ARGV[5] == '1' and total + amount > tonumber(cfg[1]) then
@@ -112,22 +119,56 @@ if cfg[2] == '1' and ARGV[5] == '1' and total + amount > tonumber(cfg[1]) then
     reply[3] = total
     return reply
 end
-redis.call('INCRBY', p .. 't:' .. key, amount)
+redis.call('INCRBY', p .. 't:' .. key, ARGV[4])
 local dkey = p .. 'd:' .. org .. '|' .. counter .. '|' .. ARGV[8]
-if redis.call('INCRBY', dkey, amount) == amount then
+if redis.call('INCRBY', dkey, ARGV[4]) == amount then
     redis.call('PEXPIRE', dkey, ARGV[9])
 end
 redis.call('HINCRBY', p .. 'dirty', key .. '|' .. ARGV[8], 1)
 return reply
 """
 
-# Start a period's count from the database, unless another caller just did.
-# ARGV: prefix, key, day key, counted, base, day's count, period TTL (ms), day TTL.
+# Cache an org's limits, unless they were invalidated while they loaded.
+# ARGV: prefix, org, config key, TTL (ms), inv and gen read before loading, then
+# field, value pairs.
+CONFIG_SCRIPT = """
+local p = ARGV[1]
+local inv = redis.call('GET', p .. 'inv:' .. ARGV[2]) or '0'
+local gen = redis.call('GET', p .. 'gen') or '0'
+if inv ~= ARGV[5] or gen ~= ARGV[6] then return 0 end
+redis.call('DEL', ARGV[3])
+redis.call('HSET', ARGV[3], 'inv', inv, 'gen', gen, unpack(ARGV, 7))
+redis.call('PEXPIRE', ARGV[3], ARGV[4])
+return 1
+"""
+
+# Start a period's count from what the database holds, unless another caller
+# just did. ARGV: prefix, key, day key, counted, base, day's count, period TTL
+# (ms), day TTL.
 SEED_SCRIPT = """
 local p = ARGV[1]
 if redis.call('SET', p .. 't:' .. ARGV[2], ARGV[4], 'NX', 'PX', ARGV[7]) then
-    redis.call('SET', p .. 'b:' .. ARGV[2], ARGV[5], 'PX', ARGV[7])
+    local base = redis.call('GET', p .. 'b:' .. ARGV[2])
+    if not base or tonumber(base) < tonumber(ARGV[5]) then
+        redis.call('SET', p .. 'b:' .. ARGV[2], ARGV[5], 'PX', ARGV[7])
+    end
     redis.call('SET', p .. 'd:' .. ARGV[3], ARGV[6], 'NX', 'PX', ARGV[8])
+end
+return 1
+"""
+
+# Raise bases to what the database holds (a base only grows, so an older read
+# landing last changes nothing). ARGV: prefix, TTL (ms) for a new key, then
+# (key, base) pairs.
+BASE_SCRIPT = """
+for i = 3, #ARGV, 2 do
+    local key = ARGV[1] .. 'b:' .. ARGV[i]
+    local base = redis.call('GET', key)
+    if not base then
+        redis.call('SET', key, ARGV[i + 1], 'PX', ARGV[2])
+    elseif tonumber(base) < tonumber(ARGV[i + 1]) then
+        redis.call('SET', key, ARGV[i + 1], 'KEEPTTL')
+    end
 end
 return 1
 """
@@ -163,7 +204,11 @@ class LiveCharge:
 
 
 class Unavailable(Exception):
-    """Redis did not answer; count in the database instead."""
+    """Nothing was counted in Redis; count in the database instead."""
+
+
+class Unknown(Exception):
+    """Redis may or may not have counted the call (its reply was lost)."""
 
 
 class LiveCounts:
@@ -171,14 +216,17 @@ class LiveCounts:
 
     def __init__(self, url: str, prefix: str) -> None:
         self.prefix = prefix
+        timeout = settings.USAGE_REDIS_TIMEOUT_SECONDS
         self.client = redis.Redis.from_url(
             url,
-            socket_timeout=settings.USAGE_REDIS_TIMEOUT_SECONDS,
-            socket_connect_timeout=settings.USAGE_REDIS_TIMEOUT_SECONDS,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
             health_check_interval=30,
         )
         self._charge = self.client.register_script(CHARGE_SCRIPT)
+        self._config = self.client.register_script(CONFIG_SCRIPT)
         self._seed = self.client.register_script(SEED_SCRIPT)
+        self._bases = self.client.register_script(BASE_SCRIPT)
         self._clean = self.client.register_script(CLEAN_SCRIPT)
         self._down_until = 0.0
 
@@ -187,10 +235,15 @@ class LiveCounts:
     def charge(
         self, *, org_id: str, counter: str, amount: int, now: datetime, enforce: bool
     ) -> LiveCharge:
-        """Count in Redis; raise Unavailable if Redis cannot be reached."""
-        if time.monotonic() < self._down_until:
+        """Count in Redis.
+
+        Raise Unavailable if nothing was counted (count in the database then), or
+        Unknown if Redis stopped answering after it was asked.
+        """
+        if time.monotonic() < self._down_until or not 0 < amount < MAX_LIVE_AMOUNT:
             raise Unavailable
         day = now.astimezone(UTC).date().isoformat()
+        plan = forced_plan() or ""
         args = [
             self.prefix,
             org_id,
@@ -201,13 +254,14 @@ class LiveCounts:
             micros(month_period(now).start),
             day,
             DAY_TTL_MS,
+            plan,
         ]
         try:
             for _ in range(5):
-                reply = self._charge(args=args)
+                reply = self._run_charge(args)
                 status = reply[0]
                 if status == b"load":
-                    self.load_config(org_id=org_id, counter=counter, now=now)
+                    self.load_config(org_id=org_id, counter=counter, plan=plan)
                 elif status == b"seed":
                     start = from_micros(reply[1])
                     end = from_micros(reply[2]) if reply[2] else None
@@ -220,11 +274,48 @@ class LiveCounts:
                     )
                 else:
                     return self._result(counter, reply, now)
-        except redis.RedisError as exc:
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
             self._down_until = time.monotonic() + RETRY_AFTER_SECONDS
             logger.warning("usage redis unavailable, counting in the database: %s", exc)
             raise Unavailable from exc
-        raise RuntimeError(f"usage: could not count {counter} for {org_id} in Redis")
+        except redis.RedisError as exc:
+            logger.exception("usage redis refused a command; counting in the database")
+            raise Unavailable from exc
+        # Limits kept changing while they loaded: let the database count this one.
+        logger.warning(
+            "usage: limits of %s changed while loading; counted in db", org_id
+        )
+        raise Unavailable
+
+    def _run_charge(self, args: list) -> list:
+        try:
+            return self._send_once(args)
+        except NoScriptError:  # first use, or Redis restarted and forgot it
+            self.client.script_load(CHARGE_SCRIPT)
+            return self._send_once(args)
+
+    def _send_once(self, args: list) -> list:
+        """Send the charge script once and read its reply (redis-py would retry).
+
+        A failure before the script is sent means nothing was counted
+        (ConnectionError, TimeoutError); a failure after raises Unknown.
+        """
+        pool = self.client.connection_pool
+        conn = pool.get_connection()
+        try:
+            try:
+                conn.send_command("EVALSHA", self._charge.sha, 0, *args)
+            except (redis.ConnectionError, redis.TimeoutError):
+                conn.disconnect()
+                raise
+            try:
+                return conn.read_response()
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                conn.disconnect()
+                self._down_until = time.monotonic() + RETRY_AFTER_SECONDS
+                raise Unknown from exc
+        finally:
+            pool.release(conn)
 
     def _result(self, counter: str, reply: list, now: datetime) -> LiveCharge:
         _, _, total, limit, hard, threshold, start, end = reply
@@ -243,26 +334,31 @@ class LiveCounts:
             limit=limit, period=period, total=int(total), refused=reply[0] == b"refused"
         )
 
-    def load_config(self, *, org_id: str, counter: str, now: datetime) -> None:
-        """Cache the org's limit and period, tagged with the numbers read first."""
+    def load_config(self, *, org_id: str, counter: str, plan: str) -> None:
+        """Cache the org's limit and period, unless they change while loading."""
         inv, gen = self.client.mget(f"{self.prefix}inv:{org_id}", f"{self.prefix}gen")
         limit, start, end = load_charge_context(org_id=org_id, counter=counter)
-        key = f"{self.prefix}cfg:{org_id}|{counter}"
-        with self.client.pipeline() as pipe:
-            pipe.hset(
-                key,
-                mapping={
-                    "limit": "" if limit.limit is None else limit.limit,
-                    "hard": int(limit.is_hard),
-                    "threshold": limit.warning_threshold,
-                    "start": micros(start) if start and end else "",
-                    "end": micros(end) if start and end else "",
-                    "inv": inv or b"0",
-                    "gen": gen or b"0",
-                },
-            )
-            pipe.pexpire(key, CONFIG_TTL_MS)
-            pipe.execute()
+        period = [micros(start), micros(end)] if start and end else ["", ""]
+        self._config(
+            args=[
+                self.prefix,
+                org_id,
+                f"{self.prefix}cfg:{org_id}|{counter}|{plan}",
+                CONFIG_TTL_MS,
+                inv or b"0",
+                gen or b"0",
+                "limit",
+                "" if limit.limit is None else limit.limit,
+                "hard",
+                int(limit.is_hard),
+                "threshold",
+                limit.warning_threshold,
+                "start",
+                period[0],
+                "end",
+                period[1],
+            ]
+        )
 
     def seed(
         self,
@@ -282,8 +378,6 @@ class LiveCounts:
             .values_list("value", flat=True)
             .first()
         )
-        # Kept a while past the period's end, for late flushes and reads.
-        ttl = max(period.end, now) + PERIOD_TTL_AFTER_END - now
         self._seed(
             args=[
                 self.prefix,
@@ -292,7 +386,7 @@ class LiveCounts:
                 counted,
                 base,
                 today or 0,
-                max(int(ttl.total_seconds() * 1000), 1),
+                _period_ttl_ms(period, now),
                 DAY_TTL_MS,
             ]
         )
@@ -315,16 +409,21 @@ class LiveCounts:
 
     # Invalidation --------------------------------------------------------------
 
-    def forget_org(self, org_id: str) -> None:
-        self.client.incr(f"{self.prefix}inv:{org_id}")
-
-    def forget_all(self) -> None:
-        self.client.incr(f"{self.prefix}gen")
+    def forget_limits(self, org_id: str | None) -> None:
+        """Make the next call reload the org's limits (None: every org's)."""
+        if org_id is None:
+            self.client.incr(f"{self.prefix}gen")
+        else:
+            self.client.incr(f"{self.prefix}inv:{org_id}")
 
     # Flushing ------------------------------------------------------------------
 
     def flush(self) -> int:
-        """Copy every dirty count into the database; return how many were written."""
+        """Copy every dirty count into the database and do the outbox.
+
+        Return how many period counts were written.
+        """
+        self.do_outbox()
         written = 0
         cursor = 0
         while True:
@@ -335,6 +434,25 @@ class LiveCounts:
                 written += self._flush_batch(entries)
             if cursor == 0:
                 return written
+
+    def do_outbox(self, ids: list[int] | None = None) -> None:
+        """Do the outbox's rows (those of ``ids``, or all) and delete them."""
+        rows = LiveOutbox.objects.order_by("pk").values_list(
+            "pk", "kind", "org_id", "counter", "period_start"
+        )
+        if ids is not None:
+            rows = rows.filter(pk__in=ids)
+        while batch := list(rows[:FLUSH_BATCH]):
+            bases = set()
+            for _, kind, org_id, counter, period_start in batch:
+                if kind == LiveOutbox.Kind.LIMITS:
+                    self.forget_limits(org_id or None)
+                else:
+                    bases.add((org_id, counter, period_start))
+            self._raise_bases(bases)
+            LiveOutbox.objects.filter(pk__in=[row[0] for row in batch]).delete()
+            if ids is not None:
+                return
 
     def _flush_batch(self, entries: dict[bytes, bytes]) -> int:
         parsed = []
@@ -367,15 +485,14 @@ class LiveCounts:
         with transaction.atomic():
             _write_greatest(UsageCounter, "period_start", periods)
             _write_greatest(UsageDaily, "day", days)
-        self._refresh_bases(periods)
         pairs = []
         for entry, changes, *_ in parsed:
             pairs += [entry, changes]
         self._clean(args=[self.prefix, *pairs])
         return len(periods)
 
-    def _refresh_bases(self, periods: dict[tuple, int]) -> None:
-        """Set each period's base to what the database holds beside Redis's row."""
+    def _raise_bases(self, periods: set[tuple]) -> None:
+        """Raise each period's base to what the database holds beside Redis's row."""
         if not periods:
             return
         bases = dict.fromkeys(periods, 0)
@@ -392,11 +509,16 @@ class LiveCounts:
         for org_id, counter, start, base in rows:
             if (org_id, counter, start) in bases:
                 bases[org_id, counter, start] = base
-        with self.client.pipeline(transaction=False) as pipe:
-            for (org_id, counter, start), base in bases.items():
-                key = f"{self.prefix}b:{org_id}|{counter}|{micros(start)}"
-                pipe.set(key, base, keepttl=True, xx=True)
-            pipe.execute()
+        args = [self.prefix, int(PERIOD_TTL_AFTER_END.total_seconds() * 1000)]
+        for (org_id, counter, start), base in bases.items():
+            args += [f"{org_id}|{counter}|{micros(start)}", base]
+        self._bases(args=args)
+
+
+def _period_ttl_ms(period: Period, now: datetime) -> int:
+    # Kept a while past the period's end, for late flushes and reads.
+    ttl = max(period.end, now) + PERIOD_TTL_AFTER_END - now
+    return max(int(ttl.total_seconds() * 1000), 1)
 
 
 def _database_parts(
@@ -441,17 +563,37 @@ def _write_greatest(model, field: str, values: dict[tuple, int]) -> None:
         )
 
 
+def record_for_redis(**fields) -> None:
+    """Add an outbox row and do it once this transaction commits.
+
+    If Redis does not answer then, the next flush does it.
+    """
+    row = LiveOutbox.objects.create(**fields)
+
+    def do() -> None:
+        counts = live_counts()
+        if counts is None:
+            return
+        try:
+            counts.do_outbox(ids=[row.pk])
+        except (redis.RedisError, DatabaseError):
+            logger.warning("usage redis unavailable: %s left for the flush", row)
+
+    transaction.on_commit(do)
+
+
 _live: LiveCounts | None = None
-_live_url: str | None = None
+_live_key: tuple[str, str] | None = None
 
 
 def live_counts() -> LiveCounts | None:
     """Return the Redis side if USAGE_REDIS_URL is set, else None."""
-    global _live, _live_url
+    global _live, _live_key
     url = settings.USAGE_REDIS_URL
     if not url:
         return None
-    if _live is None or _live_url != (url + settings.USAGE_REDIS_PREFIX):
-        _live = LiveCounts(url, settings.USAGE_REDIS_PREFIX)
-        _live_url = url + settings.USAGE_REDIS_PREFIX
+    key = (url, settings.USAGE_REDIS_PREFIX)
+    if _live is None or _live_key != key:
+        _live = LiveCounts(*key)
+        _live_key = key
     return _live

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
+
+from django.db import transaction
 
 from agentpost import metering
 from usage import alerts, counting, live
 from usage.limits import Limit, forced_plan, load_for_charge, resolve
+from usage.models import LiveOutbox
 from usage.periods import Period, counter_period_start, month_period, period_between
+
+logger = logging.getLogger(__name__)
 
 
 class UsageMeter:
@@ -22,10 +28,17 @@ class UsageMeter:
 
     def charge(
         self, *, org_id: str, counter: str, amount: int, now: datetime, enforce: bool
-    ) -> metering.Charge:
-        limit, period, current, refused = self._count(
-            org_id=org_id, counter=counter, amount=amount, now=now, enforce=enforce
-        )
+    ) -> metering.Charge | None:
+        try:
+            limit, period, current, refused = self._count(
+                org_id=org_id, counter=counter, amount=amount, now=now, enforce=enforce
+            )
+        except live.Unknown:
+            # Redis stopped answering after it was asked: the call may already be
+            # counted there, and counting it again would break exactness. Let it
+            # through uncounted; nothing is known to put in the headers.
+            logger.warning("usage: %s of %s may not be counted", counter, org_id)
+            return None
         # storage_bytes is a level: it never resets.
         resets_at = None if counter == metering.STORAGE_BYTES else period.end
         if refused:
@@ -70,9 +83,32 @@ class UsageMeter:
                     enforce=enforce,
                 )
             except live.Unavailable:
-                pass  # counted below, in the database
-            else:
-                return counted.limit, counted.period, counted.total, counted.refused
+                # Counted in the database instead, with a note for Redis to add
+                # it to its base (in one transaction, so neither goes alone).
+                with transaction.atomic():
+                    result = self._count_in_database(
+                        org_id=org_id,
+                        counter=counter,
+                        amount=amount,
+                        now=now,
+                        enforce=enforce,
+                    )
+                    if not result[3]:
+                        live.record_for_redis(
+                            kind=LiveOutbox.Kind.BASE,
+                            org_id=org_id,
+                            counter=counter,
+                            period_start=result[1].start,
+                        )
+                return result
+            return counted.limit, counted.period, counted.total, counted.refused
+        return self._count_in_database(
+            org_id=org_id, counter=counter, amount=amount, now=now, enforce=enforce
+        )
+
+    def _count_in_database(
+        self, *, org_id: str, counter: str, amount: int, now: datetime, enforce: bool
+    ) -> tuple[Limit, Period, int, bool]:
         day = now.astimezone(UTC).date()
         if counting.is_postgres():
             counted = counting.count_in_database(

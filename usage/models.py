@@ -186,3 +186,33 @@ class UsageAlert(models.Model):
 
     def __str__(self) -> str:
         return f"{self.org_id} {self.counter} {self.kind} at {self.current}"
+
+
+class LiveOutbox(models.Model):
+    """Work for Redis that must not be lost when Redis does not answer (usage.live).
+
+    Written in the same transaction as what calls for it, done right after the
+    commit, and left for the next flush if Redis was away:
+
+    - ``limits``: the org's limits changed (no org: a plan's did), so the limits
+      Redis has cached must be reloaded.
+    - ``base``: calls of the org's counter in the period were counted in the
+      database while Redis was away, so Redis's base must be read again.
+    """
+
+    class Kind(models.TextChoices):
+        LIMITS = "limits"
+        BASE = "base"
+
+    kind = models.CharField(max_length=10, choices=Kind.choices)
+    # An id, not a foreign key: a row may outlive its org by a flush.
+    org_id = models.CharField(max_length=64, blank=True)
+    counter = models.CharField(max_length=30, choices=COUNTER_CHOICES, blank=True)
+    period_start = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name_plural = "live outbox"
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.org_id or 'all orgs'} {self.counter}"

@@ -2,8 +2,7 @@
 api_calls counted in Redis (usage.live): exact, flushed to the database, seeded
 back from it, and counted in the database while Redis is away.
 
-These need a Redis server: REDIS_URL, or one on loopback. Without one they are
-skipped, unless REDIS_URL is set (as CI sets it), in which case they fail.
+These need a Redis server (see the ``counts`` fixture).
 """
 
 from __future__ import annotations
@@ -11,7 +10,6 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
-import uuid
 from datetime import UTC, datetime
 
 import pytest
@@ -25,40 +23,21 @@ from tests.conftest import CURRENT_TIME
 from tests.usage.conftest import postgres_only, set_plan_limit
 from tests.usage.test_concurrency import run_together
 from usage import live
-from usage.models import UsageCounter, UsageDaily
+from usage.models import LiveOutbox, UsageCounter, UsageDaily
 from usage.periods import month_period
 
-REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/15")
 MARCH = month_period(CURRENT_TIME).start
+# The API stamps its calls with the clock; direct calls below use the same time.
+pytestmark = pytest.mark.usefixtures("frozen_clock")
 
 
-@pytest.fixture
-def counts(settings):
-    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1)
-    try:
-        client.ping()
-    except redis.ConnectionError:
-        if "REDIS_URL" in os.environ:
-            raise
-        pytest.skip(f"no Redis at {REDIS_URL}")
-    settings.USAGE_REDIS_URL = REDIS_URL
-    settings.USAGE_REDIS_PREFIX = prefix = f"test:{uuid.uuid4().hex}:"
-    yield live.live_counts()
-    for key in client.scan_iter(f"{prefix}*"):
-        client.delete(key)
-    client.close()
-
-
-@pytest.fixture(autouse=True)
-def frozen_clock():
-    # The API stamps its calls with the clock; direct calls below use the same.
-    with time_machine.travel(CURRENT_TIME, tick=False):
-        yield
-
-
-def call(org_id: str, now: datetime = CURRENT_TIME, enforce: bool = True):
+def call(org_id: str, now: datetime = CURRENT_TIME, enforce=True, amount=1):
     return metering.charge(
-        org_id=org_id, counter=metering.API_CALLS, now=now, enforce=enforce
+        org_id=org_id,
+        counter=metering.API_CALLS,
+        now=now,
+        enforce=enforce,
+        amount=amount,
     )
 
 
@@ -174,27 +153,182 @@ def test_when_redis_loses_its_data_counting_resumes_from_the_database(
     assert database_value(UsageDaily, org) == 5
 
 
+def unreachable(*args, **kwargs):
+    raise redis.ConnectionError("connection refused")
+
+
+@pytest.mark.parametrize("flushed_before", [False, True])
 def test_while_redis_is_away_calls_are_counted_in_the_database(
-    billing, counts, org, monkeypatch
+    billing,
+    counts,
+    org,
+    monkeypatch,
+    django_capture_on_commit_callbacks,
+    flushed_before,
 ):
     set_plan_limit("free", "api_calls", 6, "hard")
     for _ in range(3):
         call(org.pk)
-
-    def unreachable(**kwargs):
-        raise redis.ConnectionError("connection refused")
+    if flushed_before:
+        counts.flush()  # nothing dirty is left for Redis to flush later
 
     with monkeypatch.context() as patch:
-        patch.setattr(counts, "_charge", unreachable)
-        assert call(org.pk).current == 1  # the database knows only its own
-        assert call(org.pk).current == 2
+        patch.setattr(counts, "_send_once", unreachable)
+        with django_capture_on_commit_callbacks(execute=True):
+            assert call(org.pk).current == 1 + 3 * flushed_before
+            assert call(org.pk).current == 2 + 3 * flushed_before
+    assert counts._down_until > 0
     counts._down_until = 0  # Redis is back
-    counts.flush()
 
     assert call(org.pk).current == 6
     with pytest.raises(QuotaExceeded) as refused:
         call(org.pk)
     assert refused.value.current == 6
+    counts.flush()
+    assert database_value(UsageCounter, org) == 6
+
+
+def test_calls_counted_in_the_database_reach_redis_at_the_flush_if_not_before(
+    billing, counts, org, monkeypatch, django_capture_on_commit_callbacks
+):
+    set_plan_limit("free", "api_calls", 4, "hard")
+    for _ in range(2):
+        call(org.pk)
+    counts.flush()
+
+    with monkeypatch.context() as patch:
+        patch.setattr(counts, "_send_once", unreachable)
+        patch.setattr(counts.client, "incr", unreachable)
+        patch.setattr(counts, "_bases", unreachable)  # and still away at the commit
+        with django_capture_on_commit_callbacks(execute=True):
+            call(org.pk)
+            call(org.pk)
+    counts._down_until = 0
+    assert LiveOutbox.objects.count() == 2
+
+    counts.flush()
+
+    assert not LiveOutbox.objects.exists()
+    with pytest.raises(QuotaExceeded):
+        call(org.pk)
+
+
+def test_a_reply_lost_after_the_script_ran_is_not_counted_twice(
+    billing, counts, org, monkeypatch
+):
+    call(org.pk)
+    connection_class = counts.client.connection_pool.connection_class
+    read = connection_class.read_response
+
+    def read_then_time_out(self, *args, **kwargs):
+        read(self, *args, **kwargs)
+        raise redis.TimeoutError("Timeout reading from socket")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(connection_class, "read_response", read_then_time_out)
+        assert call(org.pk) is None  # let through, counted once (in Redis)
+    counts._down_until = 0
+    counts.flush()
+
+    assert counts.total(org_id=org.pk, counter="api_calls", period_start=MARCH) == 2
+    assert database_value(UsageCounter, org) == 2
+
+
+def test_a_refused_command_is_counted_in_the_database_without_an_outage(
+    billing, counts, org, monkeypatch
+):
+    call(org.pk)
+
+    def refused(*args, **kwargs):
+        raise redis.ResponseError("OOM command not allowed")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(counts, "_send_once", refused)
+        call(org.pk)
+
+    assert counts._down_until == 0
+    counts.flush()
+    assert counts.total(org_id=org.pk, counter="api_calls", period_start=MARCH) == 2
+    assert database_value(UsageCounter, org) == 2
+
+
+@pytest.mark.parametrize("amount", [2**53 + 1, 10**17])
+def test_huge_amounts_are_counted_exactly(
+    billing, counts, org, amount, django_capture_on_commit_callbacks
+):
+    set_plan_limit("free", "api_calls", None, "soft")
+    call(org.pk)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        call(org.pk, amount=amount)
+
+    assert counts._down_until == 0
+    assert counts.total(org_id=org.pk, counter="api_calls", period_start=MARCH) == (
+        amount + 1
+    )
+    counts.flush()
+    assert database_value(UsageCounter, org) == amount + 1
+
+
+def test_a_limit_change_while_redis_blinked_applies_by_the_next_flush(
+    billing, counts, api, org, monkeypatch, django_capture_on_commit_callbacks
+):
+    for _ in range(3):
+        call(org.pk)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(counts.client, "incr", unreachable)
+        with django_capture_on_commit_callbacks(execute=True):
+            response = api.patch(
+                f"/organizations/{org.id}/settings",
+                {"limits": {"api_calls": {"limit": 4, "mode": "hard"}}},
+            )
+    assert response.status_code == 200
+    counts.flush()
+
+    assert api.get(f"/organizations/{org.id}").status_code == 429
+
+
+def test_limits_that_keep_changing_while_loading_count_in_the_database(
+    billing, counts, org, monkeypatch
+):
+    load = counts.load_config
+
+    def load_while_a_plan_is_saved(**kwargs):
+        load(**kwargs)
+        counts.forget_limits(None)
+
+    monkeypatch.setattr(counts, "load_config", load_while_a_plan_is_saved)
+
+    assert call(org.pk).current == 1
+    assert database_value(UsageCounter, org) == 1
+
+
+def test_the_alert_check_goes_on_while_redis_is_unreachable(
+    billing, counts, org, monkeypatch
+):
+    from agentpost.events.models import Event
+    from usage.alerts import check_usage_alerts
+
+    set_plan_limit("free", "messages_sent", 100, "soft")
+    metering.charge(org_id=org.pk, counter="messages_sent", now=CURRENT_TIME, amount=50)
+    set_plan_limit("free", "messages_sent", 10, "soft")  # crossed by the change
+    monkeypatch.setattr(counts.client, "hscan", unreachable)
+    monkeypatch.setattr(counts.client, "get", unreachable)
+
+    check_usage_alerts(now=CURRENT_TIME)
+
+    assert Event.objects.filter(org=org, type="usage.exceeded").exists()
+
+
+def test_billing_turned_off_is_not_served_the_paid_limits(
+    billing, counts, org, settings
+):
+    set_plan_limit("free", "api_calls", 1, "hard")
+    call(org.pk)
+    settings.BILLING_ENABLED = False  # every org on the self-hosted plan
+
+    assert call(org.pk).limit is None
 
 
 def test_a_call_counted_during_a_flush_is_flushed_by_the_next(
