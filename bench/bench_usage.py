@@ -49,6 +49,7 @@ HARD_TRIES_PER_CLIENT = 400
 LATENCY_REQUESTS = 600  # per side, in alternating blocks
 LATENCY_BLOCK = 50
 CPU_SAMPLES = 2_000
+FLUSH_ORGS = 5_000
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
 
 
@@ -274,6 +275,27 @@ def _latencies(token: str, org_id: str) -> tuple[float, float]:
     return statistics.median(timings[False]), statistics.median(timings[True])
 
 
+def _flush_cost(orgs: int) -> tuple[float, float]:
+    """Count one call for each of ``orgs`` new orgs; return (seconds, flushed).
+
+    The seconds are those of one flush that writes every one of them.
+    """
+    from agentpost import metering
+    from agentpost.orgs.models import Organization
+    from usage.live import live_counts
+
+    counts = live_counts()
+    counts.flush()
+    created = Organization.objects.bulk_create(
+        Organization(name=f"flush {n}", plan="pro") for n in range(orgs)
+    )
+    for org in created:
+        metering.charge(org_id=org.pk, counter="api_calls", now=NOW)
+    started = time.perf_counter()
+    flushed = counts.flush()
+    return time.perf_counter() - started, flushed
+
+
 def main() -> None:
     bench_url, maintenance_url = _database_urls()
     os.environ["DATABASE_URL"] = bench_url
@@ -356,6 +378,7 @@ def _measure() -> None:
     overshoot_total = _total(orgs["overshoot"])
     overshoot_stored = _database_total(orgs["overshoot"])
 
+    flush_seconds, flushed = _flush_cost(FLUSH_ORGS)
     off_ms, on_ms = _latencies(orgs["latency_token"], orgs["latency"])
     settings.USAGE_REDIS_URL = ""  # row 5 is about the database alone
     cpu = _cpu_per_increment(orgs["latency"])
@@ -426,6 +449,10 @@ def _measure() -> None:
         f"({overshoot_stored:,} in PostgreSQL)",
         f"exactly {HARD_ROOM:,}, no overshoot",
         passed == HARD_ROOM == overshoot_total == overshoot_stored,
+    )
+    row(
+        f"3d. one flush of {FLUSH_ORGS:,} orgs' counts to PostgreSQL",
+        f"{flush_seconds * 1000:,.0f} ms ({flushed:,} counters written)",
     )
     row(
         "4. GET /organizations/{id} median latency, accounting off / on",
