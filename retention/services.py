@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.core.mail import EmailMultiAlternatives
 from django.db import transaction
 from django.db.models import Max, Q, Sum
 from django.template.loader import render_to_string
@@ -28,6 +27,7 @@ from django.template.loader import render_to_string
 from agentpost.events.services import emit_event
 from agentpost.mail.models import Attachment, Message
 from agentpost.orgs.models import Organization
+from agentpost.orgs.notify import email_owners
 from agentpost.orgs.services import record_audit
 from retention.models import ExportLease, RetentionNotice, RetentionPolicy
 
@@ -228,14 +228,6 @@ def warn_org(
     return notice
 
 
-def owner_addresses(org: Organization) -> list[str]:
-    # A deletion warning must reach someone: an org without owners is warned at
-    # its billing address.
-    if addresses := org.owner_emails():
-        return addresses
-    return [org.billing_email] if org.billing_email else []
-
-
 def deliver_notice(*, notice: RetentionNotice, now: datetime) -> bool:
     """Email the warning and emit ``retention.warning``; return True if sent.
 
@@ -253,12 +245,6 @@ def deliver_notice(*, notice: RetentionNotice, now: datetime) -> bool:
         return False
 
     org = notice.org
-    recipients = owner_addresses(org)
-    if not recipients:
-        logger.warning("warning not sent org=%s notice=%s no owners", org.id, notice.pk)
-        RetentionNotice.objects.filter(pk=notice.pk).update(send_started_at=None)
-        return False
-
     delete_after = now + notice_period()
     context = {
         "org": org,
@@ -268,18 +254,22 @@ def deliver_notice(*, notice: RetentionNotice, now: datetime) -> bool:
         "policy_url": f"{settings.SITE_URL}/organizations/{org.id}/retention-policy",
         "export_url": f"{settings.SITE_URL}/organizations/{org.id}/export",
     }
-    email = EmailMultiAlternatives(
-        subject=render_to_string("retention/warning_subject.txt", context).strip(),
-        body=render_to_string("retention/warning_email.txt", context),
-        to=recipients,
-    )
-    email.attach_alternative(
-        render_to_string("retention/warning_email.html", context), "text/html"
-    )
     try:
-        email.send()
+        # A deletion warning must reach someone: without owners, the billing
+        # address is warned.
+        recipients = email_owners(
+            org=org,
+            subject=render_to_string(
+                "retention/email/warning_subject.txt", context
+            ).strip(),
+            template="retention/email/warning",
+            context=context,
+            or_billing_email=True,
+        )
     except Exception:  # the mail backend's errors are many and unrelated
         logger.exception("warning not sent org=%s notice=%s", org.id, notice.pk)
+        recipients = []
+    if not recipients:
         RetentionNotice.objects.filter(pk=notice.pk).update(send_started_at=None)
         return False
 

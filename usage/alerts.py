@@ -17,8 +17,6 @@ import logging
 import time
 from datetime import datetime, timedelta
 
-from django.conf import settings
-from django.core.mail import send_mail
 from django.db import IntegrityError, transaction
 from django.db.models import Q
 
@@ -27,6 +25,7 @@ from agentpost.events.services import MESSAGE_RECEIVED, emit_event
 from agentpost.mail.inbound import received_event_data
 from agentpost.mail.models import Message
 from agentpost.orgs.models import Organization
+from agentpost.orgs.notify import email_owners
 from usage import counting, live
 from usage.limits import Limit, get_limits
 from usage.models import Mode, UsageAlert, UsageCounter
@@ -147,37 +146,23 @@ def email_alert(*, alert_id: int) -> int:
     """Email the org's owners about one alert; return how many were sent."""
     alert = UsageAlert.objects.select_related("org").get(pk=alert_id)
     org = alert.org
-    recipients = org.owner_emails()
-    if not recipients:
-        return 0
     if alert.kind == UsageAlert.Kind.WARNING:
         subject = f"{org.name}: {alert.counter} is near its limit"
     else:
         subject = f"{org.name}: {alert.counter} has reached its limit"
-    percentage = alert.current * 100 // alert.limit if alert.limit else 100
-    lines = [
-        f"Your organization {org.name} ({org.id}) has used {alert.current:,} of "
-        f"its {alert.limit:,} {alert.counter} this period ({percentage}%).",
-    ]
-    if alert.kind == UsageAlert.Kind.EXCEEDED:
-        limit = get_limits(org=org)[alert.counter]
-        if limit.mode == Mode.SOFT:
-            lines.append("Requests continue; usage past the limit may be billed.")
-        elif alert.counter == metering.MESSAGES_RECEIVED:
-            lines.append(
-                "Inbound mail past the limit is stored but held: it is not shown "
-                "by the API or sent to webhooks until the period resets or the "
-                "limit rises. No mail is dropped."
-            )
-        else:
-            lines.append("Further requests are refused until the period resets.")
-    lines.append(f"See {settings.SITE_URL}/console/ for your usage and plan.")
-    return send_mail(
+    sent = email_owners(
+        org=org,
         subject=subject,
-        message="\n\n".join(lines),
-        from_email=None,
-        recipient_list=recipients,
+        template="usage/email/alert",
+        context={
+            "alert": alert,
+            "current": f"{alert.current:,}",
+            "limit": f"{alert.limit:,}",
+            "percentage": alert.current * 100 // alert.limit if alert.limit else 100,
+            "mode": get_limits(org=org)[alert.counter].mode,
+        },
     )
+    return len(sent)
 
 
 def check_org_alerts(*, org: Organization, now: datetime) -> int:

@@ -20,8 +20,6 @@ import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from django.conf import settings
-from django.core.mail import send_mail
 from django.db import transaction
 from django.db.models import F
 
@@ -30,6 +28,7 @@ from agentpost.events import secrets, targets
 from agentpost.events.models import Delivery, DeliveryAttempt, Event, WebhookEndpoint
 from agentpost.metering import QuotaExceeded
 from agentpost.orgs.models import Organization
+from agentpost.orgs.notify import email_owners
 from agentpost.orgs.services import record_audit
 
 logger = logging.getLogger(__name__)
@@ -596,24 +595,15 @@ def disable_failing_endpoint(
 
 def _email_owners_disabled(endpoint_id: str, last_error: str) -> None:
     endpoint = WebhookEndpoint.objects.select_related("org").get(pk=endpoint_id)
-    recipients = endpoint.org.owner_emails()
-    if not recipients:
-        return
-    send_mail(
+    email_owners(
+        org=endpoint.org,
         subject=f"AgentPost: webhook endpoint disabled ({endpoint.id})",
-        message=(
-            f"Every delivery to your webhook endpoint {endpoint.id}\n"
-            f"  {endpoint.url}\n"
-            f"has failed for {DISABLE_AFTER_FAILING_FOR.days} days, so we stopped "
-            "sending to it.\n\n"
-            f"The last error: {last_error or 'none recorded'}\n\n"
-            "Once it answers again with a 2xx status, enable it with\n"
-            f'  PATCH /webhooks/{endpoint.id}  {{"enabled": true}}\n'
-            "and replay the deliveries you missed from\n"
-            f"  GET /webhooks/{endpoint.id}/deliveries?status=failed\n"
-        ),
-        from_email=settings.DEFAULT_FROM_EMAIL,
-        recipient_list=recipients,
+        template="events/email/endpoint_disabled",
+        context={
+            "endpoint": endpoint,
+            "last_error": last_error,
+            "days": DISABLE_AFTER_FAILING_FOR.days,
+        },
     )
 
 

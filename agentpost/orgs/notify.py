@@ -1,3 +1,10 @@
+"""
+The one way AgentPost emails an org's owners: text and HTML from templates.
+
+Each email is ``<template>.txt`` with ``<template>.html`` as its alternative, the
+HTML extending ``email/_base.html``. Every owner gets a message of their own.
+"""
+
 from __future__ import annotations
 
 import logging
@@ -12,16 +19,28 @@ logger = logging.getLogger(__name__)
 
 
 def email_owners(
-    *, org: Organization, subject: str, template: str, context: dict | None = None
-) -> int:
-    """Email every owner of the org from ``<template>.txt`` and ``<template>.html``.
+    *,
+    org: Organization,
+    subject: str,
+    template: str,
+    context: dict | None = None,
+    or_billing_email: bool = False,
+) -> list[str]:
+    """Email every owner of the org; return the addresses sent to.
 
-    Returns how many owners were sent to.
+    With ``or_billing_email``, an org without owners is written to at its
+    billing address instead (for what must reach someone). The mail backend's
+    errors propagate, so callers that must know can retry.
     """
+    recipients = org.owner_emails()
+    if not recipients and or_billing_email and org.billing_email:
+        recipients = [org.billing_email]
+    if not recipients:
+        logger.warning("no owner to email org=%s template=%s", org.id, template)
+        return []
     context = {"org": org, "site_url": settings.SITE_URL, **(context or {})}
     text = render_to_string(f"{template}.txt", context)
     html = render_to_string(f"{template}.html", context)
-    recipients = org.owner_emails()
     for address in recipients:
         message = EmailMultiAlternatives(
             subject=subject,
@@ -34,4 +53,4 @@ def email_owners(
     logger.info(
         "owners emailed org=%s template=%s count=%d", org.id, template, len(recipients)
     )
-    return len(recipients)
+    return recipients

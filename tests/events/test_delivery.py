@@ -185,6 +185,9 @@ def test_sustained_failure_disables_the_endpoint_and_emails_the_owners(
     assert hook.id in email.subject
     assert hook.url in email.body
     assert "HTTP 500" in email.body
+    html, mimetype = email.alternatives[0]
+    assert mimetype == "text/html"
+    assert f"PATCH /webhooks/{hook.id}" in html
 
     # Nothing further is sent to it, and new events make no deliveries.
     sent = len(receiver.requests)

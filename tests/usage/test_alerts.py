@@ -59,6 +59,9 @@ def test_owners_are_emailed_once_per_alert(
     assert "near its limit" in mail.outbox[0].subject
     assert "has reached its limit" in mail.outbox[1].subject
     assert "8 of its 10 messages_sent" in mail.outbox[0].body
+    assert "Further requests are refused" in mail.outbox[1].body
+    html, mimetype = mail.outbox[1].alternatives[0]
+    assert mimetype == "text/html" and "has reached its limit" in html
 
 
 def test_the_check_fires_a_missed_crossing_once_however_often_it_runs(
