@@ -407,6 +407,30 @@ class LiveCounts:
             return None
         return int(counted) + _database_parts(org_id, counter, period_start)[1]
 
+    def unflushed_days(self, *, org_id: str, days: list[date]) -> dict[tuple, int]:
+        """Return {(counter, day): what Redis counted that its row does not show yet}."""
+        keys = [(counter, day) for counter in sorted(LIVE_COUNTERS) for day in days]
+        try:
+            values = self.client.mget(
+                [f"{self.prefix}d:{org_id}|{c}|{d.isoformat()}" for c, d in keys]
+            )
+        except redis.RedisError:
+            return {}
+        flushed = dict(
+            (((row[0], row[1]), row[2]))
+            for row in UsageDaily.objects.filter(
+                org_id=org_id,
+                counter__in=LIVE_COUNTERS,
+                day__in=days,
+                shard=REDIS_SHARD,
+            ).values_list("counter", "day", "value")
+        )
+        return {
+            key: int(value) - flushed.get(key, 0)
+            for key, value in zip(keys, values, strict=True)
+            if value is not None and int(value) > flushed.get(key, 0)
+        }
+
     # Invalidation --------------------------------------------------------------
 
     def forget_limits(self, org_id: str | None) -> None:

@@ -9,7 +9,7 @@ from django.db.models import Sum
 from agentpost import metering
 from agentpost.orgs.models import Organization
 from agentpost.orgs.services import record_audit
-from usage import alerts, counting
+from usage import alerts, counting, live
 from usage.limits import Limit, get_limits, get_plan_limits, plan_code
 from usage.models import LimitOverride, Mode, UsageDaily
 from usage.periods import LEVEL_PERIOD_START, counter_period_start, current_period
@@ -58,6 +58,12 @@ def get_usage_history(*, org: Organization, days: int, now: datetime) -> dict:
         .annotate(total=Sum("value"))
     }
     days_list = [first + timedelta(days=n) for n in range(days)]
+    if counts := live.live_counts():
+        # Redis's days are ahead of their rows by up to a flush.
+        for (counter, day), ahead in counts.unflushed_days(
+            org_id=org.pk, days=days_list[-2:]
+        ).items():
+            sums[counter, day] = sums.get((counter, day), 0) + ahead
     series: dict = {}
     for counter in metering.COUNTERS:
         if counter == metering.STORAGE_BYTES:

@@ -59,10 +59,12 @@ def test_calls_are_counted_live_and_reach_the_database_at_the_flush(
     counts.flush()
 
     assert UsageCounter.objects.get(org=org, counter="api_calls").value == 4
-    history = api.get(f"/organizations/{org.id}/usage/history?days=1").json()
-    assert history["counters"]["api_calls"] == [4]  # as of the flush
+    history = api.get(f"/organizations/{org.id}/usage/history?days=2").json()
+    assert history["counters"]["api_calls"] == [0, 5]  # live, this request too
     counts.flush()  # again: nothing doubles
     assert UsageCounter.objects.get(org=org, counter="api_calls").value == 5
+    history = api.get(f"/organizations/{org.id}/usage/history?days=2").json()
+    assert history["counters"]["api_calls"] == [0, 6]
 
 
 def test_quota_headers_come_from_the_live_count(billing, counts, api, org):
