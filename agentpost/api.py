@@ -23,7 +23,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView, set_rollback
 
 from agentpost import metering
-from agentpost.metering import QuotaExceeded
+from agentpost.metering import QuotaExceeded, UsageUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +95,13 @@ def exception_handler(exc, context):
         exc = ApiError(413, "payload_too_large", "The request body is too large.")
     elif isinstance(exc, QuotaExceeded):
         exc = quota_error(exc)
+    elif isinstance(exc, UsageUnavailable):
+        exc = ApiError(
+            503,
+            "usage_unavailable",
+            "Usage could not be checked just now; retry this request.",
+        )
+        exc.wait = 1
 
     headers = {}
     if isinstance(exc, ApiError):

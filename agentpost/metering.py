@@ -41,6 +41,10 @@ class QuotaExceeded(Exception):
         self.resets_at = resets_at
 
 
+class UsageUnavailable(Exception):
+    """Whether a limit allows this could not be told; the caller should retry."""
+
+
 @dataclass(frozen=True)
 class Charge:
     """What a charge left behind, for response headers.

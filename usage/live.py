@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
@@ -78,10 +79,13 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 CONFIG_TTL_MS = 300_000
 DAY_TTL_MS = 3 * 86_400_000
 PERIOD_TTL_AFTER_END = timedelta(days=35)
+LONGEST_PERIOD = timedelta(days=366)
 FLUSH_BATCH = 500
 # After Redis fails, the database counts alone for this long before Redis is
 # tried again, so an outage does not add a connect timeout to every request.
 RETRY_AFTER_SECONDS = 5.0
+# How long a call waits for another process to reconcile a new Redis server.
+RECONCILE_WAIT_SECONDS = 5.0
 
 # One round trip per call. ARGV: prefix, org, counter, amount, enforce (0/1),
 # now and the month's start (µs since the epoch, as text), day (ISO), day TTL,
@@ -151,22 +155,27 @@ if redis.call('SET', p .. 't:' .. ARGV[2], ARGV[4], 'NX', 'PX', ARGV[7]) then
     local base = redis.call('GET', p .. 'b:' .. ARGV[2])
     if not base or tonumber(base) < tonumber(ARGV[5]) then
         redis.call('SET', p .. 'b:' .. ARGV[2], ARGV[5], 'PX', ARGV[7])
+    else
+        redis.call('PEXPIRE', p .. 'b:' .. ARGV[2], ARGV[7])
     end
     redis.call('SET', p .. 'd:' .. ARGV[3], ARGV[6], 'NX', 'PX', ARGV[8])
 end
 return 1
 """
 
-# Raise bases to what the database holds (a base only grows, so an older read
-# landing last changes nothing). ARGV: prefix, TTL (ms) for a new key, then
-# (key, base) pairs.
-BASE_SCRIPT = """
-for i = 3, #ARGV, 2 do
-    local key = ARGV[1] .. 'b:' .. ARGV[i]
-    local base = redis.call('GET', key)
-    if not base then
-        redis.call('SET', key, ARGV[i + 1], 'PX', ARGV[2])
-    elseif tonumber(base) < tonumber(ARGV[i + 1]) then
+# Raise keys to what the database holds: counts and bases only grow, so an
+# older read landing last changes nothing. ARGV: prefix, kind (b, t or d), TTL
+# (ms) for a key made here (b only: t and d are made by seeding), then
+# (key, value) pairs.
+RAISE_SCRIPT = """
+for i = 4, #ARGV, 2 do
+    local key = ARGV[1] .. ARGV[2] .. ':' .. ARGV[i]
+    local value = redis.call('GET', key)
+    if not value then
+        if ARGV[2] == 'b' then
+            redis.call('SET', key, ARGV[i + 1], 'PX', ARGV[3])
+        end
+    elseif tonumber(value) < tonumber(ARGV[i + 1]) then
         redis.call('SET', key, ARGV[i + 1], 'KEEPTTL')
     end
 end
@@ -211,24 +220,136 @@ class Unknown(Exception):
     """Redis may or may not have counted the call (its reply was lost)."""
 
 
+class NotReconciled(redis.ConnectionError):
+    """The Redis server restarted (or is new) and its data is not checked yet."""
+
+
+def _run_id(info) -> bytes:
+    """Return the run_id from INFO server's reply (text or parsed)."""
+    if isinstance(info, dict):
+        return str(info["run_id"]).encode()
+    if isinstance(info, str):
+        info = info.encode()
+    for line in info.splitlines():
+        if line.startswith(b"run_id:"):
+            return line.split(b":", 1)[1].strip()
+    raise redis.ResponseError("INFO server gave no run_id")
+
+
+def _batched(items, size: int):
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
 class LiveCounts:
     """The Redis side of counting (see the module's docstring)."""
 
     def __init__(self, url: str, prefix: str) -> None:
         self.prefix = prefix
         timeout = settings.USAGE_REDIS_TIMEOUT_SECONDS
+        options = {
+            "socket_timeout": timeout,
+            "socket_connect_timeout": timeout,
+            "health_check_interval": 30,
+        }
+        # Counting: every new connection first checks that this Redis server's
+        # data was reconciled with the database (see reconcile).
         self.client = redis.Redis.from_url(
-            url,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            health_check_interval=30,
+            url, redis_connect_func=self._check_server, **options
         )
+        # Flushing, reconciling, invalidating: no such check.
+        self.admin = redis.Redis.from_url(url, **options)
         self._charge = self.client.register_script(CHARGE_SCRIPT)
         self._config = self.client.register_script(CONFIG_SCRIPT)
         self._seed = self.client.register_script(SEED_SCRIPT)
-        self._bases = self.client.register_script(BASE_SCRIPT)
-        self._clean = self.client.register_script(CLEAN_SCRIPT)
+        self._raise = self.admin.register_script(RAISE_SCRIPT)
+        self._clean = self.admin.register_script(CLEAN_SCRIPT)
         self._down_until = 0.0
+
+    # A new server --------------------------------------------------------------
+
+    def _check_server(self, conn) -> None:
+        """Refuse a connection to a server whose data is not reconciled yet."""
+        conn.on_connect()
+        conn.send_command("INFO", "server")
+        run_id = _run_id(conn.read_response())
+        conn.send_command("GET", f"{self.prefix}server")
+        if conn.read_response() != run_id:
+            raise NotReconciled(f"usage: Redis server {run_id!r} not reconciled")
+
+    def reconcile(self) -> bool:
+        """Bring a restarted or new Redis server level with the database.
+
+        A server that comes back from a snapshot, an AOF that lost its last
+        second, or a replica that lagged, may hold counts older than what was
+        already flushed; counting on top of them would undercount and let hard
+        limits overshoot. So until this has run for the server (named by its
+        run_id, new at every start), counting connections are refused and the
+        database counts. Raises every count, day and base to what the database
+        holds, and drops the cached limits. Return whether it ran here (False
+        if it was done already, or by another process while this one waited).
+        """
+        run_id = _run_id(self.admin.execute_command("INFO", "server"))
+        if self.admin.get(f"{self.prefix}server") == run_id:
+            return False
+        lock, token = f"{self.prefix}reconciling", uuid.uuid4().hex
+        if not self.admin.set(lock, token, nx=True, px=60_000):
+            # Another process is at it: wait for it rather than count apart.
+            deadline = time.monotonic() + RECONCILE_WAIT_SECONDS
+            while time.monotonic() < deadline:
+                time.sleep(0.02)
+                if self.admin.get(f"{self.prefix}server") == run_id:
+                    return False
+            raise redis.TimeoutError("usage: Redis is still being reconciled")
+        try:
+            for kind in ("t", "d"):
+                for keys in _batched(
+                    self.admin.scan_iter(match=f"{self.prefix}{kind}:*", count=1000),
+                    FLUSH_BATCH,
+                ):
+                    self._raise_to_database(kind, [k.decode() for k in keys])
+            self.forget_limits(None)
+            self.admin.set(f"{self.prefix}server", run_id)
+        finally:
+            if self.admin.get(lock) == token.encode():
+                self.admin.delete(lock)
+        logger.warning("usage redis server %s reconciled with the database", run_id)
+        return True
+
+    def _raise_to_database(self, kind: str, keys: list[str]) -> None:
+        start = len(self.prefix) + 2
+        parts = [key[start:].split("|") for key in keys]
+        if kind == "t":
+            model, field = UsageCounter, "period_start"
+            moments = {p: from_micros(p[2]) for p in map(tuple, parts)}
+        else:
+            model, field = UsageDaily, "day"
+            moments = {p: date.fromisoformat(p[2]) for p in map(tuple, parts)}
+        rows = model.objects.filter(
+            org_id__in={p[0] for p in parts},
+            counter__in={p[1] for p in parts},
+            **{f"{field}__in": set(moments.values())},
+            shard=REDIS_SHARD,
+        ).values_list("org_id", "counter", field, "value")
+        flushed = {
+            (org, counter, moment): value for org, counter, moment, value in rows
+        }
+        args = [self.prefix, kind, 0]
+        for part, moment in moments.items():
+            args += ["|".join(part), flushed.get((part[0], part[1], moment), 0)]
+        self._raise(args=args)
+        if kind == "t":
+            self._raise_bases({(p[0], p[1], m) for p, m in moments.items()})
+
+    def known_down(self) -> bool:
+        """Whether Redis failed lately (then the database counts for a while)."""
+        return time.monotonic() < self._down_until
 
     # Counting ------------------------------------------------------------------
 
@@ -240,7 +361,7 @@ class LiveCounts:
         Raise Unavailable if nothing was counted (count in the database then), or
         Unknown if Redis stopped answering after it was asked.
         """
-        if time.monotonic() < self._down_until or not 0 < amount < MAX_LIVE_AMOUNT:
+        if self.known_down() or not 0 < amount < MAX_LIVE_AMOUNT:
             raise Unavailable
         day = now.astimezone(UTC).date().isoformat()
         plan = forced_plan() or ""
@@ -258,7 +379,11 @@ class LiveCounts:
         ]
         try:
             for _ in range(5):
-                reply = self._run_charge(args)
+                try:
+                    reply = self._run_charge(args)
+                except NotReconciled:
+                    self.reconcile()
+                    continue
                 status = reply[0]
                 if status == b"load":
                     self.load_config(org_id=org_id, counter=counter, plan=plan)
@@ -310,9 +435,13 @@ class LiveCounts:
                 raise
             try:
                 return conn.read_response()
+            except redis.BusyLoadingError:
+                raise  # Redis is starting and ran nothing
             except (redis.ConnectionError, redis.TimeoutError) as exc:
+                # Not an outage yet: if Redis is gone, the next call's connect
+                # says so. Counting in the database meanwhile would not see
+                # what Redis counted.
                 conn.disconnect()
-                self._down_until = time.monotonic() + RETRY_AFTER_SECONDS
                 raise Unknown from exc
         finally:
             pool.release(conn)
@@ -395,7 +524,7 @@ class LiveCounts:
 
     def total(self, *, org_id: str, counter: str, period_start: datetime) -> int | None:
         """Return the live total, or None if Redis has no count for the period."""
-        if time.monotonic() < self._down_until:
+        if self.known_down():
             return None
         try:
             counted = self.client.get(
@@ -436,9 +565,9 @@ class LiveCounts:
     def forget_limits(self, org_id: str | None) -> None:
         """Make the next call reload the org's limits (None: every org's)."""
         if org_id is None:
-            self.client.incr(f"{self.prefix}gen")
+            self.admin.incr(f"{self.prefix}gen")
         else:
-            self.client.incr(f"{self.prefix}inv:{org_id}")
+            self.admin.incr(f"{self.prefix}inv:{org_id}")
 
     # Flushing ------------------------------------------------------------------
 
@@ -451,7 +580,7 @@ class LiveCounts:
         written = 0
         cursor = 0
         while True:
-            cursor, entries = self.client.hscan(
+            cursor, entries = self.admin.hscan(
                 f"{self.prefix}dirty", cursor, count=FLUSH_BATCH
             )
             if entries:
@@ -483,7 +612,7 @@ class LiveCounts:
         for entry, changes in entries.items():
             org_id, counter, start, day = entry.decode().split("|")
             parsed.append((entry, changes, org_id, counter, start, day))
-        with self.client.pipeline(transaction=False) as pipe:
+        with self.admin.pipeline(transaction=False) as pipe:
             for _, _, org_id, counter, start, day in parsed:
                 pipe.get(f"{self.prefix}t:{org_id}|{counter}|{start}")
                 pipe.get(f"{self.prefix}d:{org_id}|{counter}|{day}")
@@ -533,10 +662,12 @@ class LiveCounts:
         for org_id, counter, start, base in rows:
             if (org_id, counter, start) in bases:
                 bases[org_id, counter, start] = base
-        args = [self.prefix, int(PERIOD_TTL_AFTER_END.total_seconds() * 1000)]
+        # A base made here outlives any period; seeding trims it to its count's.
+        ttl = (LONGEST_PERIOD + PERIOD_TTL_AFTER_END) // timedelta(milliseconds=1)
+        args = [self.prefix, "b", ttl]
         for (org_id, counter, start), base in bases.items():
             args += [f"{org_id}|{counter}|{micros(start)}", base]
-        self._bases(args=args)
+        self._raise(args=args)
 
 
 def _period_ttl_ms(period: Period, now: datetime) -> int:
@@ -596,8 +727,8 @@ def record_for_redis(**fields) -> None:
 
     def do() -> None:
         counts = live_counts()
-        if counts is None:
-            return
+        if counts is None or counts.known_down():
+            return  # the flush does it, once Redis answers
         try:
             counts.do_outbox(ids=[row.pk])
         except (redis.RedisError, DatabaseError):

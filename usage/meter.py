@@ -34,10 +34,14 @@ class UsageMeter:
                 org_id=org_id, counter=counter, amount=amount, now=now, enforce=enforce
             )
         except live.Unknown:
-            # Redis stopped answering after it was asked: the call may already be
-            # counted there, and counting it again would break exactness. Let it
-            # through uncounted; nothing is known to put in the headers.
-            logger.warning("usage: %s of %s may not be counted", counter, org_id)
+            # Redis stopped answering after it was asked: the call may or may
+            # not be counted there, and a hard limit may have refused it.
+            # Counting it again would break exactness, so it is not; an
+            # enforced charge is turned away (the client retries), anything
+            # else goes through.
+            logger.warning("usage: reply lost for %s of %s", counter, org_id)
+            if enforce:
+                raise metering.UsageUnavailable from None
             return None
         # storage_bytes is a level: it never resets.
         resets_at = None if counter == metering.STORAGE_BYTES else period.end
@@ -85,6 +89,16 @@ class UsageMeter:
             except live.Unavailable:
                 # Counted in the database instead, with a note for Redis to add
                 # it to its base (in one transaction, so neither goes alone).
+                # Not against a hard limit, though: the database cannot see what
+                # Redis counted but has not flushed, so it could let one too
+                # many through. Those calls are turned away until Redis is back.
+                if (
+                    enforce
+                    and load_for_charge(org_id=org_id, counter=counter, now=now)[
+                        0
+                    ].is_hard
+                ):
+                    raise metering.UsageUnavailable from None
                 with transaction.atomic():
                     result = self._count_in_database(
                         org_id=org_id,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import time
 from datetime import UTC, datetime
 
 import pytest
@@ -18,7 +19,7 @@ import time_machine
 from django.db import connections
 
 from agentpost import metering
-from agentpost.metering import QuotaExceeded
+from agentpost.metering import QuotaExceeded, UsageUnavailable
 from tests.conftest import CURRENT_TIME
 from tests.usage.conftest import postgres_only, set_plan_limit
 from tests.usage.test_concurrency import run_together
@@ -168,7 +169,7 @@ def test_while_redis_is_away_calls_are_counted_in_the_database(
     django_capture_on_commit_callbacks,
     flushed_before,
 ):
-    set_plan_limit("free", "api_calls", 6, "hard")
+    set_plan_limit("free", "api_calls", 100, "soft")
     for _ in range(3):
         call(org.pk)
     if flushed_before:
@@ -179,66 +180,151 @@ def test_while_redis_is_away_calls_are_counted_in_the_database(
         with django_capture_on_commit_callbacks(execute=True):
             assert call(org.pk).current == 1 + 3 * flushed_before
             assert call(org.pk).current == 2 + 3 * flushed_before
-    assert counts._down_until > 0
+    assert counts.known_down()
     counts._down_until = 0  # Redis is back
+    counts.flush()  # beat's, within USAGE_FLUSH_SECONDS
 
     assert call(org.pk).current == 6
-    with pytest.raises(QuotaExceeded) as refused:
-        call(org.pk)
-    assert refused.value.current == 6
     counts.flush()
     assert database_value(UsageCounter, org) == 6
+
+
+def test_while_redis_is_away_a_hard_limit_turns_calls_away(
+    billing, counts, api, org, monkeypatch
+):
+    set_plan_limit("free", "api_calls", 5, "hard")
+    call(org.pk)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(counts, "_send_once", unreachable)
+        response = api.get(f"/organizations/{org.id}")
+        usage = api.get(f"/organizations/{org.id}/usage")  # never refused
+    counts._down_until = 0
+
+    assert response.status_code == 503
+    assert response.json()["error"]["type"] == "usage_unavailable"
+    assert usage.status_code == 200
+    counts.flush()
+    assert call(org.pk).current == 3  # the first call, /usage, this one
 
 
 def test_calls_counted_in_the_database_reach_redis_at_the_flush_if_not_before(
     billing, counts, org, monkeypatch, django_capture_on_commit_callbacks
 ):
-    set_plan_limit("free", "api_calls", 4, "hard")
+    set_plan_limit("free", "api_calls", 100, "soft")
     for _ in range(2):
         call(org.pk)
     counts.flush()
 
     with monkeypatch.context() as patch:
         patch.setattr(counts, "_send_once", unreachable)
-        patch.setattr(counts.client, "incr", unreachable)
-        patch.setattr(counts, "_bases", unreachable)  # and still away at the commit
         with django_capture_on_commit_callbacks(execute=True):
             call(org.pk)
             call(org.pk)
     counts._down_until = 0
-    assert LiveOutbox.objects.count() == 2
+    assert LiveOutbox.objects.filter(kind="base").count() == 2
 
     counts.flush()
 
     assert not LiveOutbox.objects.exists()
-    with pytest.raises(QuotaExceeded):
-        call(org.pk)
+    assert call(org.pk).current == 5
+
+
+def lose_next_reply(monkeypatch, counts) -> None:
+    """The next script runs in Redis, but its reply never arrives."""
+    connection_class = counts.client.connection_pool.connection_class
+    read = connection_class.read_response
+    lost = []
+
+    def read_then_time_out(self, *args, **kwargs):
+        reply = read(self, *args, **kwargs)
+        if lost or not isinstance(reply, list):  # a script's reply is a list
+            return reply
+        lost.append(reply)
+        raise redis.TimeoutError("Timeout reading from socket")
+
+    monkeypatch.setattr(connection_class, "read_response", read_then_time_out)
 
 
 def test_a_reply_lost_after_the_script_ran_is_not_counted_twice(
     billing, counts, org, monkeypatch
 ):
     call(org.pk)
-    connection_class = counts.client.connection_pool.connection_class
-    read = connection_class.read_response
-
-    def read_then_time_out(self, *args, **kwargs):
-        read(self, *args, **kwargs)
-        raise redis.TimeoutError("Timeout reading from socket")
 
     with monkeypatch.context() as patch:
-        patch.setattr(connection_class, "read_response", read_then_time_out)
-        assert call(org.pk) is None  # let through, counted once (in Redis)
+        lose_next_reply(patch, counts)
+        with pytest.raises(UsageUnavailable):  # the client is asked to retry
+            call(org.pk)
+    with monkeypatch.context() as patch:
+        lose_next_reply(patch, counts)
+        assert call(org.pk, enforce=False) is None  # let through
+    assert not counts.known_down()  # one lost reply is no outage
+    counts.flush()
+
+    assert counts.total(org_id=org.pk, counter="api_calls", period_start=MARCH) == 3
+    assert database_value(UsageCounter, org) == 3
+
+
+def test_a_lost_reply_never_lets_a_call_past_a_hard_limit(
+    billing, counts, api, org, monkeypatch
+):
+    set_plan_limit("free", "api_calls", 3, "hard")
+    call(org.pk)
+
+    with monkeypatch.context() as patch:
+        lose_next_reply(patch, counts)
+        response = api.get(f"/organizations/{org.id}")
+    assert response.status_code == 503
+    assert response.json()["error"]["type"] == "usage_unavailable"
+    assert response["Retry-After"] == "1"
+
+    assert api.get(f"/organizations/{org.id}").status_code == 200  # the third
+    assert api.get(f"/organizations/{org.id}").status_code == 429
+    assert database_value(UsageCounter, org) == 0  # nothing in the database
+
+
+def test_a_server_still_loading_counts_in_the_database(
+    billing, counts, org, monkeypatch, django_capture_on_commit_callbacks
+):
+    set_plan_limit("free", "api_calls", None, "soft")  # see the hard test
+    call(org.pk)
+    connection_class = counts.client.connection_pool.connection_class
+
+    def loading(self, *args, **kwargs):
+        raise redis.BusyLoadingError("Redis is loading the dataset in memory")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(connection_class, "send_command", lambda *a, **k: None)
+        patch.setattr(connection_class, "read_response", loading)
+        with django_capture_on_commit_callbacks(execute=True):
+            call(org.pk)
+    assert counts.known_down()
     counts._down_until = 0
     counts.flush()
 
     assert counts.total(org_id=org.pk, counter="api_calls", period_start=MARCH) == 2
-    assert database_value(UsageCounter, org) == 2
+
+
+def test_while_redis_is_known_down_requests_do_not_wait_for_it(
+    billing, counts, org, monkeypatch, django_capture_on_commit_callbacks
+):
+    set_plan_limit("free", "api_calls", None, "soft")  # see the hard test
+    asked = []
+    monkeypatch.setattr(counts, "do_outbox", lambda **kwargs: asked.append(kwargs))
+    counts._down_until = time.monotonic() + 60
+
+    with django_capture_on_commit_callbacks(execute=True):
+        for _ in range(3):
+            call(org.pk)
+
+    assert asked == []  # left for the flush
+    assert LiveOutbox.objects.filter(kind="base").count() == 3
 
 
 def test_a_refused_command_is_counted_in_the_database_without_an_outage(
     billing, counts, org, monkeypatch
 ):
+    set_plan_limit("free", "api_calls", None, "soft")  # see the hard test
     call(org.pk)
 
     def refused(*args, **kwargs):
@@ -279,7 +365,7 @@ def test_a_limit_change_while_redis_blinked_applies_by_the_next_flush(
         call(org.pk)
 
     with monkeypatch.context() as patch:
-        patch.setattr(counts.client, "incr", unreachable)
+        patch.setattr(counts.admin, "incr", unreachable)
         with django_capture_on_commit_callbacks(execute=True):
             response = api.patch(
                 f"/organizations/{org.id}/settings",
@@ -294,6 +380,7 @@ def test_a_limit_change_while_redis_blinked_applies_by_the_next_flush(
 def test_limits_that_keep_changing_while_loading_count_in_the_database(
     billing, counts, org, monkeypatch
 ):
+    set_plan_limit("free", "api_calls", None, "soft")  # see the hard test
     load = counts.load_config
 
     def load_while_a_plan_is_saved(**kwargs):
@@ -315,7 +402,7 @@ def test_the_alert_check_goes_on_while_redis_is_unreachable(
     set_plan_limit("free", "messages_sent", 100, "soft")
     metering.charge(org_id=org.pk, counter="messages_sent", now=CURRENT_TIME, amount=50)
     set_plan_limit("free", "messages_sent", 10, "soft")  # crossed by the change
-    monkeypatch.setattr(counts.client, "hscan", unreachable)
+    monkeypatch.setattr(counts.admin, "hscan", unreachable)
     monkeypatch.setattr(counts.client, "get", unreachable)
 
     check_usage_alerts(now=CURRENT_TIME)
