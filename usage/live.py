@@ -24,8 +24,8 @@ What lives where (every key under USAGE_REDIS_PREFIX):
 Exactness: Redis runs one script at a time, so a hard limit lets exactly as
 many calls through as it allows, however many processes call at once. The
 script is sent once per call, never retried: a call whose reply is lost may or
-may not have been counted, and is let through uncounted rather than counted
-twice.
+may not have been counted, so it is not counted again (usage.meter turns it
+away if it was to be enforced).
 
 Durability: a call is counted in Redis before the request goes on, so a crash of
 the web process loses nothing. ``flush`` (Celery beat, every
@@ -33,14 +33,16 @@ USAGE_FLUSH_SECONDS) copies the absolute values into one row of their own
 (shard ``REDIS_SHARD``) with GREATEST, so a flush may run twice, concurrently,
 or be cut short, and is simply done again; an entry leaves ``dirty`` only if
 nothing was counted under it since it was read. Losing Redis itself loses what
-was counted since the last flush (run it with ``appendonly yes``). When Redis
-comes back empty, a counter's first call seeds it from the database.
+was counted since the last flush (run it with ``appendonly yes``). A Redis
+server that is new, restarted or restored from older data is reconciled with the
+database before anything is counted on it (``reconcile``); a counter missing
+from Redis is seeded from the database by its first call.
 
 What must reach Redis even if it is away when it happens (limits changed, calls
 counted in the database meanwhile) goes through ``LiveOutbox`` rows, written
 with the change and done by the flush if not at once. While Redis is
-unreachable, calls are counted in the database as without Redis; a hard limit
-then holds to within what Redis had not yet flushed.
+unreachable, calls are counted in the database as without Redis, except those
+against a hard limit, which usage.meter turns away.
 """
 
 from __future__ import annotations
