@@ -26,6 +26,7 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.core.files.storage import default_storage
 
+from agentpost.iterables import batched
 from agentpost.mail.models import Attachment, Message
 from agentpost.orgs.models import Organization
 from retention.models import MissingFile
@@ -60,17 +61,6 @@ def _org_files(org_id: str) -> Iterator[str]:
     _, files = _listdir(f"raw/{org_id}")
     for name in files:
         yield f"raw/{org_id}/{name}"
-
-
-def _batched(items: Iterator[str], size: int) -> Iterator[list[str]]:
-    batch: list[str] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 def sweep_orphans(
@@ -109,7 +99,7 @@ def _sweep_org_files(
 ) -> set[str]:
     min_age = timedelta(hours=settings.RETENTION_ORPHAN_MIN_AGE_HOURS)
     found: set[str] = set()
-    for names in _batched(_org_files(org_id), CHECK_BATCH_SIZE):
+    for names in batched(_org_files(org_id), CHECK_BATCH_SIZE):
         found.update(names)
         referenced = set(
             Attachment.objects.filter(file__in=names).values_list("file", flat=True)

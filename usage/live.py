@@ -60,6 +60,7 @@ from django.db.models import Sum
 from redis.exceptions import NoScriptError
 
 from agentpost import metering
+from agentpost.iterables import batched
 from agentpost.orgs.models import Organization
 from usage.counting import SHARDS
 from usage.limits import Limit, forced_plan, load_charge_context
@@ -238,17 +239,6 @@ def _run_id(info) -> bytes:
     raise redis.ResponseError("INFO server gave no run_id")
 
 
-def _batched(items, size: int):
-    batch = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
 class LiveCounts:
     """The Redis side of counting (see the module's docstring)."""
 
@@ -311,7 +301,7 @@ class LiveCounts:
             raise redis.TimeoutError("usage: Redis is still being reconciled")
         try:
             for kind in ("t", "d"):
-                for keys in _batched(
+                for keys in batched(
                     self.admin.scan_iter(match=f"{self.prefix}{kind}:*", count=1000),
                     FLUSH_BATCH,
                 ):

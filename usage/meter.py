@@ -73,52 +73,43 @@ class UsageMeter:
             org_id=org_id, counter=counter, amount=-amount, now=now, enforce=False
         )
 
-    def _count(
+    def _count(self, **charge) -> tuple[Limit, Period, int, bool]:
+        """Count and return (limit, period, total, refused).
+
+        ``charge`` is org_id, counter, amount, now and enforce.
+        """
+        if charge["counter"] in live.LIVE_COUNTERS and (counts := live.live_counts()):
+            try:
+                counted = counts.charge(**charge)
+            except live.Unavailable:
+                return self._count_while_redis_is_away(**charge)
+            return counted.limit, counted.period, counted.total, counted.refused
+        return self._count_in_database(**charge)
+
+    def _count_while_redis_is_away(
         self, *, org_id: str, counter: str, amount: int, now: datetime, enforce: bool
     ) -> tuple[Limit, Period, int, bool]:
-        """Count and return (limit, period, total, refused)."""
-        if counter in live.LIVE_COUNTERS and (counts := live.live_counts()):
-            try:
-                counted = counts.charge(
-                    org_id=org_id,
-                    counter=counter,
-                    amount=amount,
-                    now=now,
-                    enforce=enforce,
-                )
-            except live.Unavailable:
-                # Counted in the database instead, with a note for Redis to add
-                # it to its base (in one transaction, so neither goes alone).
-                # Not against a hard limit, though: the database cannot see what
-                # Redis counted but has not flushed, so it could let one too
-                # many through. Those calls are turned away until Redis is back.
-                if (
-                    enforce
-                    and load_for_charge(org_id=org_id, counter=counter, now=now)[
-                        0
-                    ].is_hard
-                ):
-                    raise metering.UsageUnavailable from None
-                with transaction.atomic():
-                    result = self._count_in_database(
-                        org_id=org_id,
-                        counter=counter,
-                        amount=amount,
-                        now=now,
-                        enforce=enforce,
-                    )
-                    if not result[3]:
-                        live.record_for_redis(
-                            kind=LiveOutbox.Kind.BASE,
-                            org_id=org_id,
-                            counter=counter,
-                            period_start=result[1].start,
-                        )
-                return result
-            return counted.limit, counted.period, counted.total, counted.refused
-        return self._count_in_database(
-            org_id=org_id, counter=counter, amount=amount, now=now, enforce=enforce
-        )
+        """Count a live counter in the database, with a note for Redis.
+
+        The note (an outbox row, in the same transaction) has Redis add the
+        count to its base. Not against a hard limit, though: the database
+        cannot see what Redis counted but has not flushed, so it could let one
+        too many through; those calls are turned away until Redis is back.
+        """
+        limit, _ = load_for_charge(org_id=org_id, counter=counter, now=now)
+        if enforce and limit.is_hard:
+            raise metering.UsageUnavailable
+        with transaction.atomic():
+            result = self._count_in_database(
+                org_id=org_id, counter=counter, amount=amount, now=now, enforce=enforce
+            )
+            live.record_for_redis(
+                kind=LiveOutbox.Kind.BASE,
+                org_id=org_id,
+                counter=counter,
+                period_start=result[1].start,
+            )
+        return result
 
     def _count_in_database(
         self, *, org_id: str, counter: str, amount: int, now: datetime, enforce: bool
