@@ -2,7 +2,7 @@
 
 import os
 
-from django.core.checks import Tags, Warning, register
+from django.core.checks import Error, Tags, Warning, register
 
 
 @register(Tags.security, deploy=True)
@@ -26,7 +26,7 @@ def check_usage_counts_in_redis(app_configs, **kwargs):
     from django.conf import settings
 
     if settings.USAGE_REDIS_URL:
-        return []
+        return _check_usage_redis()
     return [
         Warning(
             "USAGE_REDIS_URL is not set: every API call is counted in a database "
@@ -36,3 +36,30 @@ def check_usage_counts_in_redis(app_configs, **kwargs):
             id="agentpost.W002",
         )
     ]
+
+
+def _check_usage_redis() -> list:
+    import redis
+
+    from usage.live import live_counts
+
+    try:
+        live_counts().admin.info("server")
+    except redis.ResponseError as exc:
+        return [
+            Error(
+                f"The Redis of USAGE_REDIS_URL refuses INFO ({exc}).",
+                hint="Counting needs INFO to notice a restarted Redis; allow it "
+                "to this user (ACL +info). Until then every call is counted in "
+                "the database and hard api_calls limits answer 503.",
+                id="agentpost.E001",
+            )
+        ]
+    except redis.RedisError as exc:
+        return [
+            Warning(
+                f"The Redis of USAGE_REDIS_URL does not answer ({exc}).",
+                id="agentpost.W003",
+            )
+        ]
+    return []

@@ -48,8 +48,10 @@ against a hard limit, which usage.meter turns away.
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
@@ -57,6 +59,7 @@ import redis
 from django.conf import settings
 from django.db import DatabaseError, connection, transaction
 from django.db.models import Sum
+from django.utils import timezone
 from redis.exceptions import NoScriptError
 
 from agentpost import metering
@@ -87,8 +90,10 @@ FLUSH_BATCH = 500
 # After Redis fails, the database counts alone for this long before Redis is
 # tried again, so an outage does not add a connect timeout to every request.
 RETRY_AFTER_SECONDS = 5.0
-# How long a call waits for another process to reconcile a new Redis server.
-RECONCILE_WAIT_SECONDS = 5.0
+# How long a call waits for another process to reconcile a new Redis server,
+# and how long that process's lock lasts unless renewed (after each batch).
+RECONCILE_WAIT_SECONDS = 2.0
+RECONCILE_LOCK_MS = 10_000
 
 # One round trip per call. ARGV: prefix, org, counter, amount, enforce (0/1),
 # now and the month's start (µs since the epoch, as text), day (ISO), day TTL,
@@ -168,14 +173,14 @@ return 1
 
 # Raise keys to what the database holds: counts and bases only grow, so an
 # older read landing last changes nothing. ARGV: prefix, kind (b, t or d), TTL
-# (ms) for a key made here (b only: t and d are made by seeding), then
+# (ms) for a missing key made here (0: leave missing keys to seeding), then
 # (key, value) pairs.
 RAISE_SCRIPT = """
 for i = 4, #ARGV, 2 do
     local key = ARGV[1] .. ARGV[2] .. ':' .. ARGV[i]
     local value = redis.call('GET', key)
     if not value then
-        if ARGV[2] == 'b' then
+        if tonumber(ARGV[3]) > 0 then
             redis.call('SET', key, ARGV[i + 1], 'PX', ARGV[3])
         end
     elseif tonumber(value) < tonumber(ARGV[i + 1]) then
@@ -270,7 +275,13 @@ class LiveCounts:
         """Refuse a connection to a server whose data is not reconciled yet."""
         conn.on_connect()
         conn.send_command("INFO", "server")
-        run_id = _run_id(conn.read_response())
+        try:
+            run_id = _run_id(conn.read_response())
+        except redis.ResponseError as exc:  # an ACL without INFO, say
+            raise redis.ConnectionError(
+                f"usage: Redis refuses INFO to this user ({exc}); it is needed "
+                "to notice a restarted server, so counting stays in the database"
+            ) from exc
         conn.send_command("GET", f"{self.prefix}server")
         if conn.read_response() != run_id:
             raise NotReconciled(f"usage: Redis server {run_id!r} not reconciled")
@@ -288,56 +299,82 @@ class LiveCounts:
         if it was done already, or by another process while this one waited).
         """
         run_id = _run_id(self.admin.execute_command("INFO", "server"))
-        if self.admin.get(f"{self.prefix}server") == run_id:
-            return False
+        server = f"{self.prefix}server"
         lock, token = f"{self.prefix}reconciling", uuid.uuid4().hex
-        if not self.admin.set(lock, token, nx=True, px=60_000):
-            # Another process is at it: wait for it rather than count apart.
-            deadline = time.monotonic() + RECONCILE_WAIT_SECONDS
-            while time.monotonic() < deadline:
-                time.sleep(0.02)
-                if self.admin.get(f"{self.prefix}server") == run_id:
-                    return False
-            raise redis.TimeoutError("usage: Redis is still being reconciled")
+        deadline = time.monotonic() + RECONCILE_WAIT_SECONDS
+        # Another process may be at it: wait while it renews its lock, rather
+        # than count apart; take over if its lock lapses.
+        while not self.admin.set(lock, token, nx=True, px=RECONCILE_LOCK_MS):
+            if self.admin.get(server) == run_id:
+                return False
+            if time.monotonic() > deadline:
+                raise redis.TimeoutError("usage: Redis is still being reconciled")
+            time.sleep(0.02)
         try:
-            for kind in ("t", "d"):
+            if self.admin.get(server) == run_id:
+                return False
+            # No flush may be between reading Redis and committing meanwhile: it
+            # may have read the old server, and its write must be seen here.
+            with _flushes_held_off():
                 for keys in batched(
-                    self.admin.scan_iter(match=f"{self.prefix}{kind}:*", count=1000),
+                    self.admin.scan_iter(match=f"{self.prefix}t:*", count=1000),
                     FLUSH_BATCH,
                 ):
-                    self._raise_to_database(kind, [k.decode() for k in keys])
-            self.forget_limits(None)
-            self.admin.set(f"{self.prefix}server", run_id)
+                    self._raise_to_database([k.decode() for k in keys])
+                    self.admin.set(lock, token, xx=True, px=RECONCILE_LOCK_MS)
+            # A number never used before, so that no limits loaded from the old
+            # server's numbers are taken for current.
+            self.admin.set(f"{self.prefix}gen", secrets.randbits(62))
+            self.admin.set(server, run_id)
         finally:
             if self.admin.get(lock) == token.encode():
                 self.admin.delete(lock)
         logger.warning("usage redis server %s reconciled with the database", run_id)
         return True
 
-    def _raise_to_database(self, kind: str, keys: list[str]) -> None:
+    def _raise_to_database(self, keys: list[str]) -> None:
+        """Raise these period counts, their bases and recent days to the database's."""
         start = len(self.prefix) + 2
-        parts = [key[start:].split("|") for key in keys]
-        if kind == "t":
-            model, field = UsageCounter, "period_start"
-            moments = {p: from_micros(p[2]) for p in map(tuple, parts)}
-        else:
-            model, field = UsageDaily, "day"
-            moments = {p: date.fromisoformat(p[2]) for p in map(tuple, parts)}
-        rows = model.objects.filter(
-            org_id__in={p[0] for p in parts},
-            counter__in={p[1] for p in parts},
-            **{f"{field}__in": set(moments.values())},
-            shard=REDIS_SHARD,
-        ).values_list("org_id", "counter", field, "value")
+        periods = {}
+        for key in keys:
+            org_id, counter, period_start = key[start:].split("|")
+            periods[org_id, counter, period_start] = from_micros(period_start)
+        orgs = {org_id for org_id, _, _ in periods}
+        counters = {counter for _, counter, _ in periods}
         flushed = {
-            (org, counter, moment): value for org, counter, moment, value in rows
+            (org_id, counter, moment): value
+            for org_id, counter, moment, value in UsageCounter.objects.filter(
+                org_id__in=orgs,
+                counter__in=counters,
+                period_start__in=set(periods.values()),
+                shard=REDIS_SHARD,
+            ).values_list("org_id", "counter", "period_start", "value")
         }
-        args = [self.prefix, kind, 0]
-        for part, moment in moments.items():
-            args += ["|".join(part), flushed.get((part[0], part[1], moment), 0)]
+        args = [self.prefix, "t", 0]
+        for (org_id, counter, period_start), moment in periods.items():
+            args += [
+                f"{org_id}|{counter}|{period_start}",
+                flushed.get((org_id, counter, moment), 0),
+            ]
         self._raise(args=args)
-        if kind == "t":
-            self._raise_bases({(p[0], p[1], m) for p, m in moments.items()})
+        self._raise_bases({(o, c, m) for (o, c, _), m in periods.items()})
+        # The days Redis still keeps, made where the restored data lacks them.
+        first = timezone.now().date() - timedelta(milliseconds=DAY_TTL_MS)
+        args = [self.prefix, "d", DAY_TTL_MS]
+        for org_id, counter, day, value in UsageDaily.objects.filter(
+            org_id__in=orgs, counter__in=counters, day__gt=first, shard=REDIS_SHARD
+        ).values_list("org_id", "counter", "day", "value"):
+            args += [f"{org_id}|{counter}|{day.isoformat()}", value]
+        self._raise(args=args)
+
+    def _back_up(self) -> None:
+        """Tell Redis what was counted in the database while it was away."""
+        self._down_until = 0.0
+        try:
+            self.do_outbox()
+        except (redis.RedisError, DatabaseError) as exc:
+            self._down_until = time.monotonic() + RETRY_AFTER_SECONDS
+            raise Unavailable from exc
 
     def known_down(self) -> bool:
         """Whether Redis failed lately (then the database counts for a while)."""
@@ -355,6 +392,8 @@ class LiveCounts:
         """
         if self.known_down() or not 0 < amount < MAX_LIVE_AMOUNT:
             raise Unavailable
+        if self._down_until:
+            self._back_up()
         day = now.astimezone(UTC).date().isoformat()
         plan = forced_plan() or ""
         args = [
@@ -604,16 +643,26 @@ class LiveCounts:
         for entry, changes in entries.items():
             org_id, counter, start, day = entry.decode().split("|")
             parsed.append((entry, changes, org_id, counter, start, day))
-        with self.admin.pipeline(transaction=False) as pipe:
-            for _, _, org_id, counter, start, day in parsed:
-                pipe.get(f"{self.prefix}t:{org_id}|{counter}|{start}")
-                pipe.get(f"{self.prefix}d:{org_id}|{counter}|{day}")
-            values = pipe.execute()
         existing = set(
             Organization.objects.filter(
                 pk__in={item[2] for item in parsed}
             ).values_list("pk", flat=True)
         )
+        with _flush_lock(exclusive=False):
+            with self.admin.pipeline(transaction=False) as pipe:
+                for _, _, org_id, counter, start, day in parsed:
+                    pipe.get(f"{self.prefix}t:{org_id}|{counter}|{start}")
+                    pipe.get(f"{self.prefix}d:{org_id}|{counter}|{day}")
+                values = pipe.execute()
+            written = self._write_flushed(parsed, values, existing)
+        pairs = []
+        for entry, changes, *_ in parsed:
+            pairs += [entry, changes]
+        self._clean(args=[self.prefix, *pairs])
+        return written
+
+    def _write_flushed(self, parsed: list, values: list, existing: set) -> int:
+        """Write what the flush read; return how many period counts."""
         periods: dict[tuple, int] = {}
         days: dict[tuple, int] = {}
         for (_, _, org_id, counter, start, day), counted, today in zip(
@@ -627,13 +676,8 @@ class LiveCounts:
             if today is not None:
                 key = (org_id, counter, date.fromisoformat(day))
                 days[key] = max(days.get(key, 0), int(today))
-        with transaction.atomic():
-            _write_greatest(UsageCounter, "period_start", periods)
-            _write_greatest(UsageDaily, "day", days)
-        pairs = []
-        for entry, changes, *_ in parsed:
-            pairs += [entry, changes]
-        self._clean(args=[self.prefix, *pairs])
+        _write_greatest(UsageCounter, "period_start", periods)
+        _write_greatest(UsageDaily, "day", days)
         return len(periods)
 
     def _raise_bases(self, periods: set[tuple]) -> None:
@@ -660,6 +704,29 @@ class LiveCounts:
         for (org_id, counter, start), base in bases.items():
             args += [f"{org_id}|{counter}|{micros(start)}", base]
         self._raise(args=args)
+
+
+# Held shared by each flush from reading Redis to committing, and exclusively by
+# a reconcile (PostgreSQL; SQLite runs one writer at a time anyway).
+FLUSH_LOCK_ID = 0x61705F7573616765  # "ap_usage"
+
+
+@contextmanager
+def _flush_lock(*, exclusive: bool):
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            function = (
+                "pg_advisory_xact_lock"
+                if exclusive
+                else ("pg_advisory_xact_lock_shared")
+            )
+            with connection.cursor() as cursor:
+                cursor.execute(f"SELECT {function}(%s)", [FLUSH_LOCK_ID])
+        yield
+
+
+def _flushes_held_off():
+    return _flush_lock(exclusive=True)
 
 
 def _period_ttl_ms(period: Period, now: datetime) -> int:

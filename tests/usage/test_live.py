@@ -514,3 +514,20 @@ def test_what_a_killed_process_counted_survives_it(billing, counts, org):
     assert child.exitcode == -signal.SIGKILL
     counts.flush()
     assert database_value(UsageCounter, org) == 25
+
+
+def test_calls_counted_in_the_database_while_redis_was_away_bind_at_once(
+    billing, counts, org, django_capture_on_commit_callbacks
+):
+    set_plan_limit("free", "api_calls", 5, "hard")
+    for _ in range(4):
+        call(org.pk)
+    counts._down_until = time.monotonic() + 60
+    with django_capture_on_commit_callbacks(execute=True):
+        for _ in range(3):
+            call(org.pk, enforce=False)  # as GET /usage, never refused
+    counts._down_until = time.monotonic() - 1  # Redis answers again
+
+    with pytest.raises(QuotaExceeded) as refused:
+        call(org.pk)
+    assert refused.value.current == 7
