@@ -87,6 +87,8 @@ DAY_TTL_MS = 3 * 86_400_000
 PERIOD_TTL_AFTER_END = timedelta(days=35)
 LONGEST_PERIOD = timedelta(days=366)
 FLUSH_BATCH = 500
+OUTBOX_BATCH = 2_000
+OUTBOX_BATCHES_ON_RETURN = 5
 # After Redis fails, the database counts alone for this long before Redis is
 # tried again, so an outage does not add a connect timeout to every request.
 RETRY_AFTER_SECONDS = 5.0
@@ -371,7 +373,9 @@ class LiveCounts:
         """Tell Redis what was counted in the database while it was away."""
         self._down_until = 0.0
         try:
-            self.do_outbox()
+            # Bounded, so that after a long outage one request does not pay for
+            # all of it; the flush does the rest.
+            self.do_outbox(max_batches=OUTBOX_BATCHES_ON_RETURN)
         except (redis.RedisError, DatabaseError) as exc:
             self._down_until = time.monotonic() + RETRY_AFTER_SECONDS
             raise Unavailable from exc
@@ -619,23 +623,33 @@ class LiveCounts:
             if cursor == 0:
                 return written
 
-    def do_outbox(self, ids: list[int] | None = None) -> None:
-        """Do the outbox's rows (those of ``ids``, or all) and delete them."""
+    def do_outbox(
+        self, ids: list[int] | None = None, max_batches: int | None = None
+    ) -> None:
+        """Do the outbox's rows (those of ``ids``, or all) and delete them.
+
+        A row is one call counted in the database, so after a long outage there
+        may be many; they are done in batches, each key once per batch.
+        """
         rows = LiveOutbox.objects.order_by("pk").values_list(
             "pk", "kind", "org_id", "counter", "period_start"
         )
         if ids is not None:
             rows = rows.filter(pk__in=ids)
-        while batch := list(rows[:FLUSH_BATCH]):
-            bases = set()
+        done = 0
+        while batch := list(rows[:OUTBOX_BATCH]):
+            limits, bases = set(), set()
             for _, kind, org_id, counter, period_start in batch:
                 if kind == LiveOutbox.Kind.LIMITS:
-                    self.forget_limits(org_id or None)
+                    limits.add(org_id or None)
                 else:
                     bases.add((org_id, counter, period_start))
+            for org_id in limits:
+                self.forget_limits(org_id)
             self._raise_bases(bases)
             LiveOutbox.objects.filter(pk__in=[row[0] for row in batch]).delete()
-            if ids is not None:
+            done += 1
+            if ids is not None or done == max_batches:
                 return
 
     def _flush_batch(self, entries: dict[bytes, bytes]) -> int:
