@@ -531,3 +531,24 @@ def test_calls_counted_in_the_database_while_redis_was_away_bind_at_once(
     with pytest.raises(QuotaExceeded) as refused:
         call(org.pk)
     assert refused.value.current == 7
+
+
+def test_back_from_an_outage_a_process_does_a_bounded_part_of_the_outbox(
+    billing, counts, org, monkeypatch, django_capture_on_commit_callbacks
+):
+    set_plan_limit("free", "api_calls", None, "soft")
+    call(org.pk)
+    LiveOutbox.objects.all().delete()
+    counts._down_until = time.monotonic() + 60
+    for _ in range(5):
+        call(org.pk)  # counted in the database, one outbox row each
+    monkeypatch.setattr(live, "OUTBOX_BATCH", 2)
+    monkeypatch.setattr(live, "OUTBOX_BATCHES_ON_RETURN", 2)
+    counts._down_until = time.monotonic() - 1
+
+    # Each base read takes all the database holds: 1 + 5 + this call.
+    assert call(org.pk).current == 7
+    assert LiveOutbox.objects.count() == 1
+    counts.flush()
+    assert not LiveOutbox.objects.exists()
+    assert call(org.pk).current == 8
