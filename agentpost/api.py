@@ -4,7 +4,7 @@ What every API endpoint shares: the error shape, strict input, cursor pagination
 Every failure answers ``{"error": {"type": ..., "message": ..., ...}}`` with the
 status that fits: 400 bad input, 401 no or bad key, 403 not allowed, 404 unknown
 (including another org's ids), 409 conflict, 413 body too large, 429 hard limit,
-402 suspended org.
+402 suspended org, 503 usage could not be checked (retry).
 """
 
 from __future__ import annotations

@@ -317,7 +317,7 @@ class LiveCounts:
                 return False
             # No flush may be between reading Redis and committing meanwhile: it
             # may have read the old server, and its write must be seen here.
-            with _flushes_held_off():
+            with _flush_lock(exclusive=True):
                 for keys in batched(
                     self.admin.scan_iter(match=f"{self.prefix}t:*", count=1000),
                     FLUSH_BATCH,
@@ -572,7 +572,7 @@ class LiveCounts:
         return int(counted) + _database_parts(org_id, counter, period_start)[1]
 
     def unflushed_days(self, *, org_id: str, days: list[date]) -> dict[tuple, int]:
-        """Return {(counter, day): what Redis counted that its row does not show yet}."""
+        """Return {(counter, day): what Redis counted that its row does not show}."""
         keys = [(counter, day) for counter in sorted(LIVE_COUNTERS) for day in days]
         try:
             values = self.client.mget(
@@ -737,10 +737,6 @@ def _flush_lock(*, exclusive: bool):
             with connection.cursor() as cursor:
                 cursor.execute(f"SELECT {function}(%s)", [FLUSH_LOCK_ID])
         yield
-
-
-def _flushes_held_off():
-    return _flush_lock(exclusive=True)
 
 
 def _period_ttl_ms(period: Period, now: datetime) -> int:
