@@ -313,7 +313,8 @@ def run() -> None:
         inbound_every=10,
     )
     print(
-        f"built the export org ({total / 1e9:.2f} GB) in {time.perf_counter() - t:.1f} s"
+        f"built the export org ({total / 1e9:.2f} GB) "
+        f"in {time.perf_counter() - t:.1f} s"
     )
     media = Path(default_storage.location)
     zip_out = workdir / "baseline.zip"

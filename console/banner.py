@@ -45,7 +45,8 @@ def dunning_banner(org: Organization) -> Banner | None:
             level="danger",
             title="This org is suspended for non-payment.",
             body=(
-                "Sends and other changes are refused. Nothing is deleted: you can still "
+                "Sends and other changes are refused. Nothing is deleted: "
+                "you can still "
                 "read your messages and export your data, and inbound mail is stored. "
                 "Paying the open invoice restores everything at once."
             ),

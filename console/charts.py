@@ -33,7 +33,8 @@ def bar_chart(*, values: list[int], days: list[str], title: str) -> SafeString:
         f'y2="{PAD_TOP + plot_h}" stroke="#cbd2d9"/>',
         f'<text x="{PAD_LEFT - 6}" y="{PAD_TOP + 8}" text-anchor="end" font-size="11" '
         f'fill="#616e7c">{_short(top)}</text>',
-        f'<text x="{PAD_LEFT - 6}" y="{PAD_TOP + plot_h}" text-anchor="end" font-size="11" '
+        f'<text x="{PAD_LEFT - 6}" y="{PAD_TOP + plot_h}" '
+        'text-anchor="end" font-size="11" '
         f'fill="#616e7c">0</text>',
     ]
     for index, (value, day) in enumerate(zip(values, days, strict=True)):

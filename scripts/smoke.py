@@ -60,7 +60,8 @@ def main() -> None:
     started = time.monotonic()
     run("migrate", "--no-input")
     print(
-        f"smoke: migrations applied to a fresh SQLite in {time.monotonic() - started:.0f}s"
+        "smoke: migrations applied to a fresh SQLite in "
+        f"{time.monotonic() - started:.0f}s"
     )
     created = json.loads(
         run("create_org", "Smoke Test", "--owner", "smoke@example.test").stdout

@@ -1,4 +1,6 @@
-"""Bad input found by trying to break the API: each is a clear 4xx that stores nothing."""
+"""
+Bad input found by trying to break the API: each is a clear 4xx that stores nothing.
+"""
 
 import base64
 

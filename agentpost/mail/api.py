@@ -26,7 +26,9 @@ LOCAL_PART_PATTERN = r"^[a-z0-9](?:[a-z0-9._+-]{0,62}[a-z0-9])?$"
 class InboxIn(StrictSerializer):
     local_part = serializers.RegexField(
         LOCAL_PART_PATTERN,
-        help_text="The part before the @; letters, digits, dot, dash, plus, underscore.",
+        help_text=(
+            "The part before the @; letters, digits, dot, dash, plus, underscore."
+        ),
     )
     display_name = serializers.CharField(max_length=200, required=False, default="")
 

@@ -431,7 +431,8 @@ class StandinState:
                 {
                     "object": "line_item",
                     "amount": amount,
-                    "description": f"Proration to {new_price.get('nickname') or new_price['id']}",
+                    "description": "Proration to "
+                    + (new_price.get("nickname") or new_price["id"]),
                     "parent": {"type": "subscription_item_details"},
                     "pricing": {"price_details": {"price": new_price["id"]}},
                 }

@@ -17,7 +17,10 @@ from tests.billing.conftest import control
 from tests.billing.test_stripe_webhook import fixture, link, subscription_like
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
-RAW = b"From: a@example.com\r\nTo: agent@agentpost.test\r\nSubject: while away\r\n\r\nhi\r\n"
+RAW = (
+    b"From: a@example.com\r\nTo: agent@agentpost.test\r\n"
+    b"Subject: while away\r\n\r\nhi\r\n"
+)
 
 
 @pytest.fixture

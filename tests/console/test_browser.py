@@ -121,7 +121,8 @@ def test_an_owner_logs_in_and_sees_usage_update(page, live_server, org, inbox):
         org_id=org.id, counter=metering.MESSAGES_SENT, now=timezone.now(), amount=3
     )
     page.wait_for_function(
-        "document.querySelector('[data-counter=messages_sent] .current').textContent === '3'",
+        "document.querySelector('[data-counter=messages_sent] .current')"
+        ".textContent === '3'",
         timeout=12_000,
     )
 

@@ -9,7 +9,10 @@ from tests.mail.conftest import FIXTURES, load, post_sns
 
 pytestmark = pytest.mark.usefixtures("ses_settings")
 
-MIME_01 = "sns_notification__ses_received__mime_01_multipart_mixed_rfc2231_filenames__base64__DERIVED.json"
+MIME_01 = (
+    "sns_notification__ses_received__"
+    "mime_01_multipart_mixed_rfc2231_filenames__base64__DERIVED.json"
+)
 OVERSIZED = "sns_notification__ses_received__mime_04_oversized__s3_action__DERIVED.json"
 
 

@@ -30,12 +30,16 @@ MIME_02 = (
 ANYMAIL_MIME = (FIXTURES / "mime_anymail_TEST_MIME_MESSAGE.eml").read_bytes()
 
 MIME_01_FIXTURES = [
-    "sns_notification__ses_received__mime_01_multipart_mixed_rfc2231_filenames__utf8__DERIVED.json",
-    "sns_notification__ses_received__mime_01_multipart_mixed_rfc2231_filenames__base64__DERIVED.json",
+    "sns_notification__ses_received__"
+    "mime_01_multipart_mixed_rfc2231_filenames__utf8__DERIVED.json",
+    "sns_notification__ses_received__"
+    "mime_01_multipart_mixed_rfc2231_filenames__base64__DERIVED.json",
 ]
 MIME_02_FIXTURES = [
-    "sns_notification__ses_received__mime_02_multipart_related_inline_cid_images__utf8__DERIVED.json",
-    "sns_notification__ses_received__mime_02_multipart_related_inline_cid_images__base64__DERIVED.json",
+    "sns_notification__ses_received__"
+    "mime_02_multipart_related_inline_cid_images__utf8__DERIVED.json",
+    "sns_notification__ses_received__"
+    "mime_02_multipart_related_inline_cid_images__base64__DERIVED.json",
 ]
 ANYMAIL_FIXTURES = [
     "sns_notification__ses_received__sns_action_utf8__anymail.json",

@@ -103,7 +103,8 @@ def test_the_demo_key_is_trusted_only_on_the_embedded_defaults(
         env["DATABASE_URL"] = database_url
     code = (
         "from django.conf import settings as s; import json; print(json.dumps("
-        "[s.SES_INBOUND_DEMO_ENABLED, s.SNS_TRUSTED_CERT_FILES, s.SES_INBOUND_TOPIC_ARNS]))"
+        "[s.SES_INBOUND_DEMO_ENABLED, s.SNS_TRUSTED_CERT_FILES, "
+        "s.SES_INBOUND_TOPIC_ARNS]))"
     )
     out = subprocess.run(
         [sys.executable, "-c", f"import django; django.setup(); {code}"],

@@ -21,7 +21,10 @@ from tests.mail.conftest import (
 
 pytestmark = pytest.mark.usefixtures("ses_settings")
 
-MIME_01_UTF8 = "sns_notification__ses_received__mime_01_multipart_mixed_rfc2231_filenames__utf8__DERIVED.json"
+MIME_01_UTF8 = (
+    "sns_notification__ses_received__"
+    "mime_01_multipart_mixed_rfc2231_filenames__utf8__DERIVED.json"
+)
 ENVELOPES = sorted(p.name for p in FIXTURES.glob("sns_*.json"))
 CAPTURED_REQUESTS = sorted(p.name for p in FIXTURES.glob("sns_*.http"))
 

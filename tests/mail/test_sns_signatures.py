@@ -14,7 +14,10 @@ from tests.mail.conftest import Signer, load, make_signer, post_sns
 
 pytestmark = pytest.mark.usefixtures("ses_settings")
 
-MIME_01 = "sns_notification__ses_received__mime_01_multipart_mixed_rfc2231_filenames__base64__DERIVED.json"
+MIME_01 = (
+    "sns_notification__ses_received__"
+    "mime_01_multipart_mixed_rfc2231_filenames__base64__DERIVED.json"
+)
 SNS_CERT_URL = (
     "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-abc123.pem"
 )

@@ -45,7 +45,6 @@ class Command(BaseCommand):
             path.chmod(0o600)
         credentials = json.loads(path.read_text())
         self.stdout.write(
-            "\nAgentPost demo (local only; credentials kept in var/demo-credentials.json):\n"
-            + json.dumps(credentials, indent=2)
-            + "\n"
+            "\nAgentPost demo (local only; credentials kept in "
+            "var/demo-credentials.json):\n" + json.dumps(credentials, indent=2) + "\n"
         )
